@@ -1,0 +1,646 @@
+//! Validation rules shared by the TOML and the environment loaders.
+//!
+//! Each rule takes a raw value and an [`At`] (the key, and the line when it comes from a file)
+//! and returns the checked value or a [`ConfigError`] that names the key and says what to do.
+//! No rule ever puts a secret into its message: values are echoed only through [`shown`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use url::{Host, Url};
+
+use super::error::ConfigError;
+use super::types::{Config, Secret, UpstreamSettings};
+
+/// Where a value came from: its key and, for a file, its 1-based line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct At {
+    pub(crate) key: String,
+    pub(crate) line: Option<usize>,
+}
+
+impl At {
+    /// A key without a line (environment variables).
+    pub(crate) fn key(key: impl Into<String>) -> Self {
+        At {
+            key: key.into(),
+            line: None,
+        }
+    }
+
+    /// A key on a line of a file.
+    pub(crate) fn on_line(key: impl Into<String>, line: usize) -> Self {
+        At {
+            key: key.into(),
+            line: Some(line),
+        }
+    }
+
+    /// `self.name`, on the same line (used for keys missing from a table).
+    pub(crate) fn field(&self, name: &str) -> Self {
+        At {
+            key: format!("{}.{name}", self.key),
+            line: self.line,
+        }
+    }
+
+    /// `self[index]`, on the same line.
+    pub(crate) fn index(&self, index: usize) -> Self {
+        At {
+            key: format!("{}[{index}]", self.key),
+            line: self.line,
+        }
+    }
+
+    /// The error for this key.
+    pub(crate) fn err(&self, message: impl Into<String>) -> ConfigError {
+        ConfigError::new(self.key.clone(), message).with_line(self.line)
+    }
+
+    /// `KEY` or `KEY, line N`, for pointing at another place in a message.
+    fn describe(&self) -> String {
+        match self.line {
+            Some(line) => format!("{}, line {line}", self.key),
+            None => self.key.clone(),
+        }
+    }
+}
+
+/// A value quoted for an error message, unless it might be a secret.
+///
+/// Anything that looks like an OpenAI key (`sk-`) or is suspiciously long is withheld, so a key
+/// pasted into the wrong field (`assistant_id`, `DOMAINS`) is not printed either.
+pub(crate) fn shown(value: &str) -> String {
+    if value.to_ascii_lowercase().contains("sk-") || value.chars().count() > 80 {
+        "(value not shown: it looks like a secret)".to_string()
+    } else {
+        format!("{value:?}")
+    }
+}
+
+/// Allowed range of an integer setting, for messages.
+pub(crate) struct Bounds {
+    pub(crate) min: u64,
+    pub(crate) max: u64,
+    pub(crate) unit: &'static str,
+}
+
+pub(crate) const THREADS: Bounds = Bounds {
+    min: 1,
+    max: 1024,
+    unit: "threads",
+};
+pub(crate) const GRACE_SECONDS: Bounds = Bounds {
+    min: 0,
+    max: 3600,
+    unit: "seconds",
+};
+pub(crate) const SHUTDOWN_SECONDS: Bounds = Bounds {
+    min: 1,
+    max: 3600,
+    unit: "seconds",
+};
+pub(crate) const TIMEOUT_MS: Bounds = Bounds {
+    min: 1,
+    max: 3_600_000,
+    unit: "milliseconds",
+};
+pub(crate) const BODY_BYTES: Bounds = Bounds {
+    min: 1,
+    max: 10 * 1024 * 1024,
+    unit: "bytes",
+};
+pub(crate) const MESSAGE_CHARS: Bounds = Bounds {
+    min: 1,
+    max: 1_000_000,
+    unit: "characters",
+};
+pub(crate) const PORT: Bounds = Bounds {
+    min: 1,
+    max: 65_535,
+    unit: "(port number)",
+};
+
+/// An integer inside `bounds`.
+pub(crate) fn in_bounds(
+    value: i64,
+    bounds: &Bounds,
+    default: u64,
+    at: &At,
+) -> Result<u64, ConfigError> {
+    match u64::try_from(value) {
+        Ok(v) if (bounds.min..=bounds.max).contains(&v) => Ok(v),
+        _ => Err(at.err(format!(
+            "{value} is out of range: use a value from {} to {} {} (the default is {default}), \
+             or remove the key to get the default",
+            bounds.min, bounds.max, bounds.unit
+        ))),
+    }
+}
+
+/// A port number given as text (`PORT`, `SMTP_PORT`).
+pub(crate) fn port_text(raw: &str, at: &At) -> Result<u16, ConfigError> {
+    let raw = raw.trim();
+    match raw.parse::<u16>() {
+        Ok(port) if port > 0 => Ok(port),
+        _ => Err(at.err(format!(
+            "{} is not a port number: use a number from 1 to 65535, e.g. 3000",
+            shown(raw)
+        ))),
+    }
+}
+
+/// The route prefix: starts with `/`, no trailing `/`, no `?`, `#` or whitespace; `/` alone
+/// gives the empty prefix.
+pub(crate) fn prefix(raw: &str, at: &At) -> Result<String, ConfigError> {
+    if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(at.err(format!(
+            "{} contains spaces: write a path such as \"/open-ai\" (or \"/\" for no prefix)",
+            shown(raw)
+        )));
+    }
+    if raw.contains(['?', '#']) {
+        return Err(at.err(format!(
+            "{} contains '?' or '#': the prefix is a plain path such as \"/open-ai\"",
+            shown(raw)
+        )));
+    }
+    if !raw.starts_with('/') {
+        return Err(at.err(format!(
+            "{} must start with '/': write e.g. \"/open-ai\" (or \"/\" for no prefix)",
+            shown(raw)
+        )));
+    }
+    Ok(raw.trim_end_matches('/').to_string())
+}
+
+/// The listen address: an IP address and a port from 1 to 65535. Returned in canonical form.
+pub(crate) fn listen(raw: &str, at: &At) -> Result<String, ConfigError> {
+    let raw = raw.trim();
+    if raw.parse::<u64>().is_ok() {
+        return Err(at.err(format!(
+            "{} is only a port: write host:port, e.g. \"0.0.0.0:{raw}\" (all interfaces) \
+             or \"127.0.0.1:{raw}\" (this machine only)",
+            shown(raw)
+        )));
+    }
+    match raw.parse::<SocketAddr>() {
+        Ok(addr) if addr.port() == 0 => {
+            Err(at
+                .err("port 0 is not allowed: choose a port from 1 to 65535, e.g. \"0.0.0.0:3000\""))
+        }
+        Ok(addr) => Ok(addr.to_string()),
+        Err(_) => {
+            let port_part = raw.rsplit_once(':').map(|(_, port)| port);
+            let hint = match port_part.map(str::parse::<u64>) {
+                Some(Ok(port)) if port > 65_535 || port == 0 => {
+                    "the port must be from 1 to 65535".to_string()
+                }
+                Some(Ok(_)) => "the host must be an IP address: \"0.0.0.0\" (all interfaces), \
+                                \"127.0.0.1\" (this machine only) or \"[::]\" (IPv6)"
+                    .to_string(),
+                _ => "write host:port, e.g. \"0.0.0.0:3000\" or \"[::]:3000\"".to_string(),
+            };
+            Err(at.err(format!("{} is not a socket address: {hint}", shown(raw))))
+        }
+    }
+}
+
+/// The upstream base URL; fills `base_url`, `tls`, `host`, `port` and `base_path`.
+///
+/// The URL itself is never echoed: it might carry credentials.
+pub(crate) fn base_url(
+    raw: &str,
+    at: &At,
+    upstream: &mut UpstreamSettings,
+) -> Result<(), ConfigError> {
+    const EXAMPLE: &str =
+        "e.g. \"https://api.openai.com/v1\" or \"http://127.0.0.1:8090/v1\" (the stub)";
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Err(at.err(format!("is empty: give the API's base URL, {EXAMPLE}")));
+    }
+    let url = Url::parse(raw).map_err(|e| {
+        at.err(format!(
+            "is not an absolute URL ({e}): write scheme, host and path, {EXAMPLE}"
+        ))
+    })?;
+    let tls = match url.scheme() {
+        "https" => true,
+        "http" => false,
+        other => {
+            return Err(at.err(format!(
+                "has scheme {other:?}: only http and https are supported, {EXAMPLE}"
+            )))
+        }
+    };
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(at.err(
+            "must not contain a user name or password: remove the \"user:pass@\" part \
+             (the API key belongs in the tenants' api_key_env / api_key)",
+        ));
+    }
+    if url.query().is_some() {
+        return Err(at.err(format!(
+            "must not have a query (\"?...\"): remove it, {EXAMPLE}"
+        )));
+    }
+    if url.fragment().is_some() {
+        return Err(at.err(format!(
+            "must not have a fragment (\"#...\"): remove it, {EXAMPLE}"
+        )));
+    }
+    let host = match url.host() {
+        Some(Host::Domain(domain)) => domain.to_ascii_lowercase(),
+        Some(Host::Ipv4(ip)) => ip.to_string(),
+        Some(Host::Ipv6(ip)) => ip.to_string(),
+        None => return Err(at.err(format!("has no host: {EXAMPLE}"))),
+    };
+    if host.is_empty() {
+        return Err(at.err(format!("has no host: {EXAMPLE}")));
+    }
+    let Some(port) = url.port_or_known_default() else {
+        return Err(at.err(format!("has no port: {EXAMPLE}")));
+    };
+    upstream.base_url = raw.to_string();
+    upstream.tls = tls;
+    upstream.host = host;
+    upstream.port = port;
+    upstream.base_path = url.path().trim_end_matches('/').to_string();
+    Ok(())
+}
+
+/// A domain pattern: trimmed, lowercase, no scheme, port, path or whitespace.
+pub(crate) fn domain(raw: &str, at: &At) -> Result<String, ConfigError> {
+    let domain = raw.trim().to_lowercase();
+    if domain.is_empty() {
+        return Err(
+            at.err("is empty: write a host name such as \"example.com\" or \"*.example.com\"")
+        );
+    }
+    if domain.contains(['/', ':']) {
+        return Err(at.err(format!(
+            "{} is not a bare host name: write only the host, e.g. \"example.com\" \
+             (no \"https://\", no \":port\", no \"/path\")",
+            shown(&domain)
+        )));
+    }
+    if domain.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(at.err(format!(
+            "{} contains whitespace: write one host name per entry, e.g. \"example.com\"",
+            shown(&domain)
+        )));
+    }
+    Ok(domain)
+}
+
+/// An OpenAI API key: trimmed, non-empty, a single word of visible ASCII.
+///
+/// `what` names the key's source in the message (e.g. "the API key in ACME_KEY").
+pub(crate) fn api_key(raw: &str, what: &str, at: &At) -> Result<Secret, ConfigError> {
+    let key = raw.trim();
+    if key.is_empty() {
+        return Err(at.err(format!(
+            "{what} is empty: paste the OpenAI API key (it starts with \"sk-\")"
+        )));
+    }
+    if !key.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(at.err(format!(
+            "{what} contains spaces, line breaks or non-ASCII characters (value not shown): \
+             paste the key again as one word"
+        )));
+    }
+    Ok(Secret::new(key))
+}
+
+/// An assistant id: `asst_` followed by letters, digits, `_` or `-`.
+pub(crate) fn assistant_id(raw: &str, at: &At) -> Result<String, ConfigError> {
+    let id = raw.trim();
+    if id.is_empty() {
+        return Err(
+            at.err("is empty: copy the assistant's id (\"asst_...\") from the OpenAI dashboard")
+        );
+    }
+    let well_formed = id.len() > "asst_".len()
+        && id.starts_with("asst_")
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !well_formed {
+        return Err(at.err(format!(
+            "{} is not an assistant id: it must start with \"asst_\" followed by letters \
+             and digits; copy it from the OpenAI dashboard",
+            shown(id)
+        )));
+    }
+    Ok(id.to_string())
+}
+
+/// One e-mail address (basic check: exactly one `@` with text on both sides, no spaces).
+pub(crate) fn recipient(raw: &str, at: &At) -> Result<String, ConfigError> {
+    let address = raw.trim();
+    let well_formed = match address.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && !domain.is_empty()
+                && !domain.contains('@')
+                && !address.chars().any(|c| c.is_whitespace() || c == ',')
+        }
+        None => false,
+    };
+    if !well_formed {
+        return Err(at.err(format!(
+            "{} is not one e-mail address: write a single address such as \
+             \"sales@example.com\" per entry",
+            shown(address)
+        )));
+    }
+    Ok(address.to_string())
+}
+
+/// A tenant name: trimmed, non-empty, no control characters.
+pub(crate) fn tenant_name(raw: &str, at: &At) -> Result<String, ConfigError> {
+    let name = raw.trim();
+    if name.is_empty() {
+        return Err(
+            at.err("is empty: give the tenant a name, or remove the key to use its first domain")
+        );
+    }
+    if name.chars().any(char::is_control) {
+        return Err(at.err("contains control characters: use a plain name such as \"acme\""));
+    }
+    Ok(name.to_string())
+}
+
+/// The name of an environment variable (for `api_key_env`, `password_env`).
+pub(crate) fn env_var_name(raw: &str, at: &At) -> Result<String, ConfigError> {
+    let name = raw.trim();
+    if name.to_ascii_lowercase().starts_with("sk-") {
+        return Err(at.err(
+            "looks like an API key, not the name of an environment variable (value not shown): \
+             put the key in an environment variable, e.g. ACME_OPENAI_KEY, and write that \
+             name here",
+        ));
+    }
+    let valid = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-');
+    if !valid {
+        return Err(at.err(format!(
+            "{} is not an environment variable name: use letters, digits and '_', \
+             e.g. \"ACME_OPENAI_KEY\"",
+            shown(name)
+        )));
+    }
+    Ok(name.to_string())
+}
+
+/// The value of environment variable `name`, which must be set and not blank.
+///
+/// `purpose` says what the variable holds (e.g. "the OpenAI API key of tenant \"acme\"").
+pub(crate) fn env_value(
+    env: &HashMap<String, String>,
+    name: &str,
+    purpose: &str,
+    at: &At,
+) -> Result<String, ConfigError> {
+    match env.get(name) {
+        Some(value) if !value.trim().is_empty() => Ok(value.clone()),
+        Some(_) => Err(at.err(format!(
+            "environment variable {name} is empty: set it to {purpose} before starting \
+             chatbot-proxy"
+        ))),
+        None => Err(at.err(format!(
+            "environment variable {name} is not set: export {name} with {purpose} before \
+             starting chatbot-proxy"
+        ))),
+    }
+}
+
+/// The SMTP host: non-empty, a host name only.
+pub(crate) fn smtp_host(raw: &str, at: &At) -> Result<String, ConfigError> {
+    let host = raw.trim();
+    if host.is_empty() || host.contains('/') || host.chars().any(char::is_whitespace) {
+        return Err(at.err(format!(
+            "{} is not a host name: write e.g. \"smtp.example.com\" (the port goes in its own key)",
+            shown(host)
+        )));
+    }
+    Ok(host.to_string())
+}
+
+/// Records which tenant lists which domain, so that no domain belongs to two tenants.
+#[derive(Default)]
+pub(crate) struct DomainOwners {
+    seen: HashMap<String, (usize, String, At)>,
+}
+
+impl DomainOwners {
+    /// Claims `domain` for tenant number `tenant`, described as `label` in messages.
+    pub(crate) fn claim(
+        &mut self,
+        domain: &str,
+        tenant: usize,
+        label: &str,
+        at: &At,
+    ) -> Result<(), ConfigError> {
+        if let Some((owner, owner_label, owner_at)) = self.seen.get(domain) {
+            return Err(if *owner == tenant {
+                at.err(format!(
+                    "{} is listed twice in the same tenant (also at {}): remove one of them",
+                    shown(domain),
+                    owner_at.describe()
+                ))
+            } else {
+                at.err(format!(
+                    "{} is listed by two tenants: {owner_label} ({}) and {label} (here); a \
+                     domain may belong to one tenant only, remove it from one of them",
+                    shown(domain),
+                    owner_at.describe()
+                ))
+            });
+        }
+        self.seen
+            .insert(domain.to_string(), (tenant, label.to_string(), at.clone()));
+        Ok(())
+    }
+}
+
+/// SMTP user and password come together or not at all.
+pub(crate) fn smtp_credentials(
+    user: Option<&str>,
+    password: Option<&Secret>,
+    user_at: &At,
+    password_at: &At,
+) -> Result<(), ConfigError> {
+    match (user, password) {
+        (Some(_), None) => Err(password_at.err(
+            "is missing while the SMTP user is set: give the password too, or remove the user \
+             for a server without authentication",
+        )),
+        (None, Some(_)) => Err(user_at.err(
+            "is missing while the SMTP password is set: give the user name too, or remove the \
+             password for a server without authentication",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Last look at a complete configuration: warnings for settings that are legal but odd.
+pub(crate) fn finish(config: &Config) {
+    if config.limits.max_message_chars > config.limits.max_body_bytes {
+        log::warn!(
+            "limits.max_message_chars ({}) is larger than limits.max_body_bytes ({}): \
+             long messages will be refused as body_too_large before their length is checked",
+            config.limits.max_message_chars,
+            config.limits.max_body_bytes
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at() -> At {
+        At::key("k")
+    }
+
+    #[test]
+    fn prefix_rules() {
+        assert_eq!(prefix("/open-ai", &at()).unwrap(), "/open-ai");
+        assert_eq!(prefix("/open-ai/", &at()).unwrap(), "/open-ai");
+        assert_eq!(prefix("/", &at()).unwrap(), "");
+        assert_eq!(prefix("/a/b//", &at()).unwrap(), "/a/b");
+        for bad in ["open-ai", "", "/open ai", "/chat?x=1", "/chat#top", " /x"] {
+            assert!(prefix(bad, &at()).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn listen_rules() {
+        assert_eq!(listen("0.0.0.0:3000", &at()).unwrap(), "0.0.0.0:3000");
+        assert_eq!(listen("[::]:8080", &at()).unwrap(), "[::]:8080");
+        assert_eq!(listen(" 127.0.0.1:1 ", &at()).unwrap(), "127.0.0.1:1");
+        let only_port = listen("3000", &at()).unwrap_err().to_string();
+        assert!(only_port.contains("0.0.0.0:3000"), "{only_port}");
+        let zero = listen("0.0.0.0:0", &at()).unwrap_err().to_string();
+        assert!(zero.contains("1 to 65535"), "{zero}");
+        let big = listen("0.0.0.0:70000", &at()).unwrap_err().to_string();
+        assert!(big.contains("1 to 65535"), "{big}");
+        let name = listen("localhost:3000", &at()).unwrap_err().to_string();
+        assert!(name.contains("IP address"), "{name}");
+        assert!(listen("nonsense", &at()).is_err());
+    }
+
+    #[test]
+    fn base_url_rules() {
+        let mut up = UpstreamSettings::default();
+        base_url("http://LOCALHOST:8090/v1/", &at(), &mut up).unwrap();
+        assert_eq!(
+            (up.tls, up.host.as_str(), up.port, up.base_path.as_str()),
+            (false, "localhost", 8090, "/v1")
+        );
+        base_url("https://[::1]/", &at(), &mut up).unwrap();
+        assert_eq!(
+            (up.tls, up.host.as_str(), up.port, up.base_path.as_str()),
+            (true, "::1", 443, "")
+        );
+        base_url("http://10.0.0.1", &at(), &mut up).unwrap();
+        assert_eq!((up.host.as_str(), up.port), ("10.0.0.1", 80));
+        for bad in [
+            "",
+            "api.openai.com/v1",
+            "ftp://example.com/v1",
+            "https://example.com/v1?x=1",
+            "https://example.com/v1#x",
+            "https://user@example.com/v1",
+            "unix:/run/sock",
+        ] {
+            assert!(
+                base_url(bad, &at(), &mut up).is_err(),
+                "{bad:?} should be refused"
+            );
+        }
+    }
+
+    #[test]
+    fn base_url_with_credentials_is_refused_without_echoing_them() {
+        let mut up = UpstreamSettings::default();
+        let err = base_url("https://bob:hunter22@example.com/v1", &at(), &mut up)
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("hunter22"), "{err}");
+        assert!(err.contains("user name or password"), "{err}");
+    }
+
+    #[test]
+    fn domain_rules() {
+        assert_eq!(
+            domain("  Shop.Example.COM ", &at()).unwrap(),
+            "shop.example.com"
+        );
+        assert_eq!(domain("*.example.com", &at()).unwrap(), "*.example.com");
+        let url = domain("https://example.com", &at())
+            .unwrap_err()
+            .to_string();
+        assert!(url.contains("bare host name"), "{url}");
+        assert!(domain("example.com:8080", &at()).is_err());
+        assert!(domain("example.com/shop", &at()).is_err());
+        assert!(domain("a.com b.com", &at()).is_err());
+        assert!(domain("  ", &at()).is_err());
+    }
+
+    #[test]
+    fn assistant_and_recipient_rules() {
+        assert_eq!(assistant_id(" asst_abc123 ", &at()).unwrap(), "asst_abc123");
+        for bad in ["", "asst_", "abc123", "asst_abc 123", "ASST_abc"] {
+            assert!(
+                assistant_id(bad, &at()).is_err(),
+                "{bad:?} should be refused"
+            );
+        }
+        assert_eq!(
+            recipient(" sales@acme.com ", &at()).unwrap(),
+            "sales@acme.com"
+        );
+        for bad in [
+            "",
+            "sales",
+            "@acme.com",
+            "sales@",
+            "a@b@c",
+            "a@b.com, c@d.com",
+            "a b@c.d",
+        ] {
+            assert!(recipient(bad, &at()).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn secret_looking_values_are_not_echoed() {
+        let err = assistant_id("sk-live-abcdef", &at())
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("sk-live-abcdef"), "{err}");
+        let err = api_key("sk-live abc", "the API key", &at())
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("sk-live"), "{err}");
+        let err = env_var_name("sk-live-abcdef", &at())
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("sk-live-abcdef"), "{err}");
+    }
+
+    #[test]
+    fn bounds_are_enforced_with_the_range_in_the_message() {
+        assert_eq!(in_bounds(2, &THREADS, 2, &at()).unwrap(), 2);
+        let err = in_bounds(0, &THREADS, 2, &at()).unwrap_err().to_string();
+        assert!(err.contains("from 1 to 1024"), "{err}");
+        assert!(in_bounds(-5, &GRACE_SECONDS, 30, &at()).is_err());
+        assert_eq!(in_bounds(0, &GRACE_SECONDS, 30, &at()).unwrap(), 0);
+        assert!(in_bounds(10 * 1024 * 1024 + 1, &BODY_BYTES, 32768, &at()).is_err());
+        assert!(in_bounds(0, &TIMEOUT_MS, 5000, &at()).is_err());
+    }
+}

@@ -1,0 +1,94 @@
+//! Default values of every optional setting, and `Default` for the settings structs.
+//!
+//! Both loaders (TOML and environment) start from these, so the two modes cannot drift apart.
+
+use std::time::Duration;
+
+use super::check::{self, At};
+use super::error::ConfigError;
+use super::types::{Limits, ServerSettings, UpstreamSettings};
+
+pub(crate) const LISTEN: &str = "0.0.0.0:3000";
+pub(crate) const PREFIX: &str = "/open-ai";
+pub(crate) const THREADS: usize = 2;
+pub(crate) const GRACE_PERIOD_SECONDS: u64 = 30;
+pub(crate) const GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS: u64 = 10;
+pub(crate) const BASE_URL: &str = "https://api.openai.com/v1";
+pub(crate) const CONNECT_TIMEOUT_MS: u64 = 5_000;
+pub(crate) const FIRST_BYTE_TIMEOUT_MS: u64 = 60_000;
+pub(crate) const IDLE_TIMEOUT_MS: u64 = 60_000;
+pub(crate) const POOL_IDLE_TIMEOUT_MS: u64 = 90_000;
+pub(crate) const MAX_BODY_BYTES: usize = 32 * 1024;
+pub(crate) const MAX_MESSAGE_CHARS: usize = 4_000;
+pub(crate) const SMTP_PORT: u16 = 587;
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            listen: LISTEN.to_string(),
+            prefix: PREFIX.to_string(),
+            threads: THREADS,
+            grace_period_seconds: GRACE_PERIOD_SECONDS,
+            graceful_shutdown_timeout_seconds: GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: MAX_BODY_BYTES,
+            max_message_chars: MAX_MESSAGE_CHARS,
+        }
+    }
+}
+
+impl Default for UpstreamSettings {
+    /// OpenAI itself with the default timeouts.
+    fn default() -> Self {
+        UpstreamSettings {
+            base_url: BASE_URL.to_string(),
+            tls: true,
+            host: "api.openai.com".to_string(),
+            port: 443,
+            base_path: "/v1".to_string(),
+            connect_timeout: Duration::from_millis(CONNECT_TIMEOUT_MS),
+            first_byte_timeout: Duration::from_millis(FIRST_BYTE_TIMEOUT_MS),
+            idle_timeout: Duration::from_millis(IDLE_TIMEOUT_MS),
+            pool_idle_timeout: Duration::from_millis(POOL_IDLE_TIMEOUT_MS),
+        }
+    }
+}
+
+#[allow(dead_code)] // for the `demo` command and tests; the TOML and env loaders do not need it
+impl UpstreamSettings {
+    /// The default timeouts against another base URL (e.g. the stub at
+    /// `http://127.0.0.1:8090/v1`), checked like `upstream.base_url`.
+    pub fn with_base_url(base_url: &str) -> Result<Self, ConfigError> {
+        let mut upstream = UpstreamSettings::default();
+        check::base_url(base_url, &At::key("upstream.base_url"), &mut upstream)?;
+        Ok(upstream)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_upstream_agrees_with_parsing_the_default_base_url() {
+        let parsed = UpstreamSettings::with_base_url(BASE_URL).unwrap();
+        assert_eq!(parsed, UpstreamSettings::default());
+    }
+
+    #[test]
+    fn with_base_url_points_at_the_stub() {
+        let stub = UpstreamSettings::with_base_url("http://127.0.0.1:8090/v1").unwrap();
+        assert!(!stub.tls);
+        assert_eq!(
+            (stub.host.as_str(), stub.port, stub.base_path.as_str()),
+            ("127.0.0.1", 8090, "/v1")
+        );
+        assert_eq!(stub.connect_timeout, Duration::from_millis(5_000));
+    }
+}

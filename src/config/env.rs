@@ -1,0 +1,727 @@
+//! The old service's configuration: environment variables, plus a `.env` file.
+//!
+//! `DOMAINS`, `OPENAI_API_KEYS` and `ASSISTANT_IDS` are JSON arrays matched by position (one
+//! tenant per domain, named after it); `EMAIL_TO`, `SMTP_*`, `OPENAI_BASE_URL` and `PORT` are
+//! optional. Everything else keeps its default. The `.env` file is read with dotenvy's iterator,
+//! so the process environment is never modified; variables of the process win over the file.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::ErrorKind;
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::check::{self, At, DomainOwners};
+use super::defaults;
+use super::error::ConfigError;
+use super::types::{
+    Config, Limits, Secret, ServerSettings, SmtpSettings, Tenant, UpstreamSettings,
+};
+
+const DOMAINS: &str = "DOMAINS";
+const OPENAI_API_KEYS: &str = "OPENAI_API_KEYS";
+const ASSISTANT_IDS: &str = "ASSISTANT_IDS";
+const EMAIL_TO: &str = "EMAIL_TO";
+
+/// What each array looks like, for messages.
+fn example(name: &str) -> &'static str {
+    match name {
+        DOMAINS => r#"DOMAINS='["example.com","shop.example.com"]'"#,
+        OPENAI_API_KEYS => r#"OPENAI_API_KEYS='["sk-...","sk-..."]'"#,
+        ASSISTANT_IDS => r#"ASSISTANT_IDS='["asst_...","asst_..."]'"#,
+        _ => r#"EMAIL_TO='["sales@example.com"]'"#,
+    }
+}
+
+/// The message when nothing at all is configured.
+const NOTHING_CONFIGURED: &str = "no configuration found: pass `--config PATH` or set DOMAINS, \
+     OPENAI_API_KEYS and ASSISTANT_IDS (or a .env file), or run `chatbot-proxy demo` to try it \
+     against the bundled stub";
+
+/// Builds the configuration from environment variables (already merged with `.env`).
+pub fn from_env_map(env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+    let required = [DOMAINS, OPENAI_API_KEYS, ASSISTANT_IDS];
+    let present: Vec<&str> = required
+        .iter()
+        .copied()
+        .filter(|n| var(env, n).is_some())
+        .collect();
+    if present.is_empty() {
+        return Err(ConfigError::general(NOTHING_CONFIGURED));
+    }
+    if let Some(missing) = required.iter().find(|n| var(env, n).is_none()) {
+        return Err(ConfigError::new(
+            *missing,
+            format!(
+                "is not set, but {} is: the three variables DOMAINS, OPENAI_API_KEYS and \
+                 ASSISTANT_IDS go together, matched by position; set e.g. {}",
+                present.join(" and "),
+                example(missing)
+            ),
+        ));
+    }
+
+    let domains = json_strings(env, DOMAINS)?;
+    let keys = json_strings(env, OPENAI_API_KEYS)?;
+    let assistants = json_strings(env, ASSISTANT_IDS)?;
+    for (name, list) in [
+        (DOMAINS, &domains),
+        (OPENAI_API_KEYS, &keys),
+        (ASSISTANT_IDS, &assistants),
+    ] {
+        if list.is_empty() {
+            return Err(ConfigError::new(
+                name,
+                format!(
+                    "is an empty array: list at least one entry, e.g. {}",
+                    example(name)
+                ),
+            ));
+        }
+    }
+    for (name, list) in [(OPENAI_API_KEYS, &keys), (ASSISTANT_IDS, &assistants)] {
+        if list.len() != domains.len() {
+            return Err(ConfigError::new(
+                name,
+                format!(
+                    "{DOMAINS} has {} but {name} has {}: they are matched by position, so give \
+                     exactly one entry per domain",
+                    entries(domains.len()),
+                    list.len()
+                ),
+            ));
+        }
+    }
+    let recipients = email_to(env, domains.len())?;
+
+    let mut owners = DomainOwners::default();
+    let mut tenants = Vec::with_capacity(domains.len());
+    for (i, ((domain, key), assistant)) in domains.iter().zip(&keys).zip(&assistants).enumerate() {
+        let domain_at = At::key(format!("{DOMAINS}[{i}]"));
+        let domain = check::domain(domain, &domain_at)?;
+        owners.claim(&domain, i, &format!("position {i}"), &domain_at)?;
+        let api_key = check::api_key(
+            key,
+            "the API key",
+            &At::key(format!("{OPENAI_API_KEYS}[{i}]")),
+        )?;
+        let assistant_id =
+            check::assistant_id(assistant, &At::key(format!("{ASSISTANT_IDS}[{i}]")))?;
+        let lead_recipients = match recipients.len() {
+            0 => Vec::new(),
+            1 => recipients[0].clone(),
+            _ => recipients[i].clone(),
+        };
+        tenants.push(Tenant {
+            name: domain.clone(),
+            domains: vec![domain],
+            api_key,
+            assistant_id,
+            lead_recipients,
+        });
+    }
+
+    let mut server = ServerSettings::default();
+    if let Some(port) = var(env, "PORT") {
+        let port = check::port_text(port, &At::key("PORT"))?;
+        server.listen = format!("0.0.0.0:{port}");
+    }
+    let mut upstream = UpstreamSettings::default();
+    if let Some(url) = var(env, "OPENAI_BASE_URL") {
+        check::base_url(url, &At::key("OPENAI_BASE_URL"), &mut upstream)?;
+    }
+
+    let config = Config {
+        server,
+        upstream,
+        limits: Limits::default(),
+        tenants,
+        smtp: smtp(env)?,
+    };
+    check::finish(&config);
+    Ok(config)
+}
+
+/// "1 entry", "3 entries".
+fn entries(n: usize) -> String {
+    if n == 1 {
+        "1 entry".to_string()
+    } else {
+        format!("{n} entries")
+    }
+}
+
+/// A variable's value, trimmed; `None` when unset or blank.
+fn var<'a>(env: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
+    env.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
+}
+
+/// A JSON array of non-empty strings (trimmed). `[]` for an unset variable.
+///
+/// The value of `OPENAI_API_KEYS` never appears in a message.
+fn json_strings(env: &HashMap<String, String>, name: &str) -> Result<Vec<String>, ConfigError> {
+    let Some(raw) = var(env, name) else {
+        return Ok(Vec::new());
+    };
+    let secret = name == OPENAI_API_KEYS;
+    let shape = format!(
+        "it must be a JSON array of strings in double quotes, e.g. {}",
+        example(name)
+    );
+    let value: Value = match serde_json::from_str(raw) {
+        Ok(value) => value,
+        Err(e) if secret => {
+            let _ = e;
+            return Err(ConfigError::new(
+                name,
+                format!("is not valid JSON (value not shown): {shape}"),
+            ));
+        }
+        Err(e) => {
+            return Err(ConfigError::new(
+                name,
+                format!(
+                    "is not valid JSON ({e}; got {}): {shape}",
+                    check::shown(raw)
+                ),
+            ))
+        }
+    };
+    let Value::Array(items) = value else {
+        return Err(ConfigError::new(
+            name,
+            format!("is JSON {}, not an array: {shape}", json_type(&value)),
+        ));
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let at = At::key(format!("{name}[{i}]"));
+        match item {
+            Value::String(s) if s.trim().is_empty() => {
+                return Err(at.err(format!(
+                    "is empty: every entry needs a value, because the arrays DOMAINS, \
+                     OPENAI_API_KEYS and ASSISTANT_IDS are matched by position; {shape}"
+                )))
+            }
+            Value::String(s) => out.push(s.trim().to_string()),
+            other => return Err(at.err(format!("is {}, not a string: {shape}", json_type(other)))),
+        }
+    }
+    Ok(out)
+}
+
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// `EMAIL_TO`: empty, one list for every domain, or one list per domain. Each entry may hold
+/// several comma-separated addresses.
+fn email_to(
+    env: &HashMap<String, String>,
+    domains: usize,
+) -> Result<Vec<Vec<String>>, ConfigError> {
+    let items = json_strings(env, EMAIL_TO)?;
+    if items.len() > 1 && items.len() != domains {
+        return Err(ConfigError::new(
+            EMAIL_TO,
+            format!(
+                "{DOMAINS} has {} but {EMAIL_TO} has {}: give one entry per domain (matched by \
+                 position), or a single entry that serves every domain",
+                entries(domains),
+                items.len()
+            ),
+        ));
+    }
+    let mut lists = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let at = At::key(format!("{EMAIL_TO}[{i}]"));
+        let mut list = Vec::new();
+        for address in item.split(',').filter(|a| !a.trim().is_empty()) {
+            list.push(check::recipient(address, &at)?);
+        }
+        lists.push(list);
+    }
+    Ok(lists)
+}
+
+/// `SMTP_HOST` (enables mail), `SMTP_PORT` (default 587), `SMTP_USER`, `SMTP_PASS`.
+fn smtp(env: &HashMap<String, String>) -> Result<Option<SmtpSettings>, ConfigError> {
+    let Some(host) = var(env, "SMTP_HOST") else {
+        let others: Vec<&str> = ["SMTP_PORT", "SMTP_USER", "SMTP_PASS"]
+            .into_iter()
+            .filter(|n| var(env, n).is_some())
+            .collect();
+        if !others.is_empty() {
+            log::warn!(
+                "{} set but SMTP_HOST is not: lead e-mails are disabled until SMTP_HOST is set",
+                others.join(", ")
+            );
+        }
+        return Ok(None);
+    };
+    let host = check::smtp_host(host, &At::key("SMTP_HOST"))?;
+    let port = match var(env, "SMTP_PORT") {
+        Some(port) => check::port_text(port, &At::key("SMTP_PORT"))?,
+        None => defaults::SMTP_PORT,
+    };
+    let user = var(env, "SMTP_USER").map(str::to_string);
+    let password = env
+        .get("SMTP_PASS")
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| Secret::new(p.as_str()));
+    check::smtp_credentials(
+        user.as_deref(),
+        password.as_ref(),
+        &At::key("SMTP_USER"),
+        &At::key("SMTP_PASS"),
+    )?;
+    Ok(Some(SmtpSettings {
+        host,
+        port,
+        user,
+        password,
+    }))
+}
+
+/// `dir/.env` overlaid by `process_env`: the process wins. Within the file, a later line wins.
+pub(crate) fn merged_with_dotenv(
+    dir: &Path,
+    process_env: HashMap<String, String>,
+) -> Result<HashMap<String, String>, ConfigError> {
+    let path = dir.join(".env");
+    let Some(file_vars) = read_dotenv(&path)? else {
+        return Ok(process_env);
+    };
+    log::debug!("read {} variables from {}", file_vars.len(), path.display());
+    let mut merged: HashMap<String, String> = file_vars.into_iter().collect();
+    merged.extend(process_env);
+    Ok(merged)
+}
+
+/// The variables of a `.env` file in order, or `None` when there is no such file.
+///
+/// A line that cannot be parsed is reported by number only: it may hold a secret.
+fn read_dotenv(path: &Path) -> Result<Option<Vec<(String, String)>>, ConfigError> {
+    let file = path.display().to_string();
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(ConfigError::general(format!(
+                "cannot be read ({e}): fix its permissions, or remove it and set the variables \
+                 in the environment"
+            ))
+            .in_file(&file))
+        }
+    };
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return Err(ConfigError::general("is not UTF-8 text: save it as UTF-8").in_file(&file));
+    };
+    let mut vars = Vec::new();
+    for item in dotenvy::from_read_iter(text.as_bytes()) {
+        match item {
+            Ok(pair) => vars.push(pair),
+            Err(dotenvy::Error::LineParse(line, _)) => {
+                let message = "cannot parse this line (its content is not shown, it may hold a \
+                               secret): write NAME=value, and put values containing spaces, \
+                               quotes or JSON in single quotes, e.g. DOMAINS='[\"example.com\"]'";
+                let error = match dotenv_line_name(&line) {
+                    Some(name) => ConfigError::new(name, message),
+                    None => ConfigError::general(message),
+                };
+                return Err(error.with_line(line_number(text, &line)).in_file(&file));
+            }
+            Err(e) => {
+                return Err(ConfigError::general(format!(
+                    "cannot be read ({e}): check the file, or set the variables in the environment"
+                ))
+                .in_file(&file))
+            }
+        }
+    }
+    Ok(Some(vars))
+}
+
+/// The variable name at the start of an unparsable `.env` line, if it looks like one.
+fn dotenv_line_name(line: &str) -> Option<&str> {
+    let (name, _) = line.split_once('=')?;
+    let name = name.trim();
+    let name = name.strip_prefix("export ").unwrap_or(name).trim();
+    let plausible = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+    plausible.then_some(name)
+}
+
+/// The 1-based line where `fragment` (a logical line reported by dotenvy) starts in `text`.
+fn line_number(text: &str, fragment: &str) -> Option<usize> {
+    let fragment = fragment.trim_end_matches(['\n', '\r']);
+    if fragment.trim().is_empty() {
+        return None;
+    }
+    let start = text.find(fragment)?;
+    Some(text[..start].matches('\n').count() + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn two_sites(extra: &[(&str, &str)]) -> HashMap<String, String> {
+        let mut vars = env(&[
+            ("DOMAINS", r#"["acme.com", "Shop.Example.com"]"#),
+            ("OPENAI_API_KEYS", r#"["sk-acme-1111", "sk-shop-2222"]"#),
+            ("ASSISTANT_IDS", r#"["asst_acme", "asst_shop"]"#),
+        ]);
+        vars.extend(env(extra));
+        vars
+    }
+
+    fn err_of(vars: &HashMap<String, String>) -> String {
+        from_env_map(vars)
+            .expect_err("configuration should be refused")
+            .to_string()
+    }
+
+    #[test]
+    fn defaults_and_one_tenant_per_domain() {
+        let config = from_env_map(&two_sites(&[])).unwrap();
+        assert_eq!(config.server, ServerSettings::default());
+        assert_eq!(config.server.listen, "0.0.0.0:3000");
+        assert_eq!(config.server.prefix, "/open-ai");
+        assert_eq!(config.upstream.base_url, "https://api.openai.com/v1");
+        assert_eq!(config.upstream.connect_timeout, Duration::from_millis(5000));
+        assert_eq!(config.limits, Limits::default());
+        assert!(config.smtp.is_none());
+        assert_eq!(config.tenants.len(), 2);
+        let shop = &config.tenants[1];
+        assert_eq!(shop.name, "shop.example.com");
+        assert_eq!(shop.domains, ["shop.example.com"]);
+        assert_eq!(shop.api_key.expose(), "sk-shop-2222");
+        assert_eq!(shop.assistant_id, "asst_shop");
+        assert!(shop.lead_recipients.is_empty());
+    }
+
+    #[test]
+    fn port_and_base_url() {
+        let config = from_env_map(&two_sites(&[
+            ("PORT", "8080"),
+            ("OPENAI_BASE_URL", "http://127.0.0.1:8090/v1"),
+        ]))
+        .unwrap();
+        assert_eq!(config.server.listen, "0.0.0.0:8080");
+        assert_eq!(
+            (config.upstream.host.as_str(), config.upstream.port),
+            ("127.0.0.1", 8090)
+        );
+        assert!(!config.upstream.tls);
+
+        let err = err_of(&two_sites(&[("PORT", "80a")]));
+        assert!(err.starts_with("PORT:"), "{err}");
+        let err = err_of(&two_sites(&[("PORT", "0")]));
+        assert!(err.contains("1 to 65535"), "{err}");
+        let err = err_of(&two_sites(&[("OPENAI_BASE_URL", "api.openai.com")]));
+        assert!(err.starts_with("OPENAI_BASE_URL:"), "{err}");
+    }
+
+    #[test]
+    fn nothing_set_explains_all_ways_to_configure() {
+        let err = err_of(&env(&[("PATH", "/usr/bin"), ("DOMAINS", "  ")]));
+        assert_eq!(err, NOTHING_CONFIGURED);
+        assert!(err.contains("--config PATH"));
+        assert!(err.contains("chatbot-proxy demo"));
+    }
+
+    #[test]
+    fn a_missing_required_variable_is_named() {
+        let mut vars = two_sites(&[]);
+        vars.remove("ASSISTANT_IDS");
+        let err = err_of(&vars);
+        assert!(err.starts_with("ASSISTANT_IDS: is not set"), "{err}");
+        assert!(err.contains(r#"ASSISTANT_IDS='["asst_..."#), "{err}");
+    }
+
+    #[test]
+    fn arrays_must_be_json_arrays_of_strings() {
+        let err = err_of(&two_sites(&[("DOMAINS", "acme.com")]));
+        assert!(err.starts_with("DOMAINS: is not valid JSON"), "{err}");
+        assert!(err.contains(r#"DOMAINS='["example.com""#), "{err}");
+        let err = err_of(&two_sites(&[("DOMAINS", r#""acme.com""#)]));
+        assert!(
+            err.contains("DOMAINS: is JSON a string, not an array"),
+            "{err}"
+        );
+        let err = err_of(&two_sites(&[("ASSISTANT_IDS", r#"["asst_a", 7]"#)]));
+        assert!(
+            err.starts_with("ASSISTANT_IDS[1]: is a number, not a string"),
+            "{err}"
+        );
+        let err = err_of(&two_sites(&[("DOMAINS", "[]")]));
+        assert!(err.starts_with("DOMAINS: is an empty array"), "{err}");
+    }
+
+    #[test]
+    fn empty_strings_in_arrays_name_the_index() {
+        let err = err_of(&two_sites(&[("DOMAINS", r#"["acme.com", " "]"#)]));
+        assert!(err.starts_with("DOMAINS[1]: is empty"), "{err}");
+        let err = err_of(&two_sites(&[(
+            "OPENAI_API_KEYS",
+            r#"["", "sk-shop-2222"]"#,
+        )]));
+        assert!(err.starts_with("OPENAI_API_KEYS[0]: is empty"), "{err}");
+        let err = err_of(&two_sites(&[("EMAIL_TO", r#"["a@acme.com", ""]"#)]));
+        assert!(err.starts_with("EMAIL_TO[1]: is empty"), "{err}");
+    }
+
+    #[test]
+    fn array_lengths_must_match() {
+        let err = err_of(&env(&[
+            ("DOMAINS", r#"["a.com", "b.com", "c.com"]"#),
+            ("OPENAI_API_KEYS", r#"["sk-a1", "sk-b1"]"#),
+            ("ASSISTANT_IDS", r#"["asst_a", "asst_b", "asst_c"]"#),
+        ]));
+        assert_eq!(
+            err,
+            "OPENAI_API_KEYS: DOMAINS has 3 entries but OPENAI_API_KEYS has 2: they are matched \
+             by position, so give exactly one entry per domain"
+        );
+        assert!(!err.contains("sk-a1"));
+        let err = err_of(&two_sites(&[("ASSISTANT_IDS", r#"["asst_a"]"#)]));
+        assert!(
+            err.contains("DOMAINS has 2 entries but ASSISTANT_IDS has 1"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_single_email_to_serves_every_domain() {
+        let config = from_env_map(&two_sites(&[(
+            "EMAIL_TO",
+            r#"["sales@acme.com, ops@acme.com"]"#,
+        )]))
+        .unwrap();
+        for tenant in &config.tenants {
+            assert_eq!(tenant.lead_recipients, ["sales@acme.com", "ops@acme.com"]);
+        }
+    }
+
+    #[test]
+    fn email_to_by_position_and_length_rules() {
+        let config = from_env_map(&two_sites(&[(
+            "EMAIL_TO",
+            r#"["a@acme.com", "b@shop.com,c@shop.com"]"#,
+        )]))
+        .unwrap();
+        assert_eq!(config.tenants[0].lead_recipients, ["a@acme.com"]);
+        assert_eq!(
+            config.tenants[1].lead_recipients,
+            ["b@shop.com", "c@shop.com"]
+        );
+        let config = from_env_map(&two_sites(&[("EMAIL_TO", "[]")])).unwrap();
+        assert!(config.tenants[0].lead_recipients.is_empty());
+
+        let three = r#"["a@x.com", "b@x.com", "c@x.com"]"#;
+        let err = err_of(&two_sites(&[("EMAIL_TO", three)]));
+        assert!(
+            err.starts_with("EMAIL_TO: DOMAINS has 2 entries but EMAIL_TO has 3"),
+            "{err}"
+        );
+        let err = err_of(&two_sites(&[(
+            "EMAIL_TO",
+            r#"["a@x.com", "not-an-address"]"#,
+        )]));
+        assert!(err.starts_with("EMAIL_TO[1]:"), "{err}");
+    }
+
+    #[test]
+    fn entries_are_validated_with_their_position() {
+        let err = err_of(&two_sites(&[(
+            "DOMAINS",
+            r#"["acme.com", "https://shop.com"]"#,
+        )]));
+        assert!(err.starts_with("DOMAINS[1]:"), "{err}");
+        let err = err_of(&two_sites(&[("ASSISTANT_IDS", r#"["asst_acme", "shop"]"#)]));
+        assert!(err.starts_with("ASSISTANT_IDS[1]:"), "{err}");
+        assert!(err.contains("asst_"), "{err}");
+        let err = err_of(&two_sites(&[("DOMAINS", r#"["acme.com", "ACME.com"]"#)]));
+        assert!(err.starts_with("DOMAINS[1]:"), "{err}");
+        assert!(err.contains("DOMAINS[0]"), "{err}");
+    }
+
+    #[test]
+    fn the_keys_never_appear_in_errors() {
+        let secret = "sk-SECRET-0123456789";
+        let bad_values = [
+            secret.to_string(),                     // not JSON
+            format!("\"{secret}\""),                // JSON, not an array
+            format!("[\"{secret}\""),               // broken JSON
+            format!("[\"{secret} x\", \"sk-b1\"]"), // malformed key
+            format!("[\"{secret}\", 5]"),           // wrong element type
+            format!("[\"{secret}\"]"),              // wrong length
+            format!("{{\"k\": \"{secret}\"}}"),     // an object
+        ];
+        for value in bad_values {
+            let err = from_env_map(&two_sites(&[("OPENAI_API_KEYS", &value)])).unwrap_err();
+            assert!(err.to_string().starts_with("OPENAI_API_KEYS"), "{err}");
+            assert!(!err.to_string().contains("SECRET"), "secret leaked: {err}");
+            assert!(
+                !format!("{err:?}").contains("SECRET"),
+                "secret leaked: {err:?}"
+            );
+        }
+        // A key pasted into another variable is not echoed either.
+        let err = err_of(&two_sites(&[(
+            "ASSISTANT_IDS",
+            &format!("[\"asst_a\", \"{secret}\"]"),
+        )]));
+        assert!(!err.contains("SECRET"), "{err}");
+        let err = err_of(&two_sites(&[("DOMAINS", secret)]));
+        assert!(!err.contains("SECRET"), "{err}");
+        // The SMTP password is never echoed.
+        let err = err_of(&two_sites(&[
+            ("SMTP_HOST", "mail.x"),
+            ("SMTP_PASS", "pw-SECRET"),
+        ]));
+        assert!(err.starts_with("SMTP_USER:"), "{err}");
+        assert!(!err.contains("SECRET"), "{err}");
+    }
+
+    #[test]
+    fn smtp_from_env() {
+        assert!(from_env_map(&two_sites(&[("SMTP_USER", "bot")]))
+            .unwrap()
+            .smtp
+            .is_none());
+        let config = from_env_map(&two_sites(&[("SMTP_HOST", "smtp.example.com")])).unwrap();
+        let smtp = config.smtp.unwrap();
+        assert_eq!(
+            (smtp.host.as_str(), smtp.port, smtp.user),
+            ("smtp.example.com", 587, None)
+        );
+        let config = from_env_map(&two_sites(&[
+            ("SMTP_HOST", "smtp.example.com"),
+            ("SMTP_PORT", "465"),
+            ("SMTP_USER", "bot@example.com"),
+            ("SMTP_PASS", "pw"),
+        ]))
+        .unwrap();
+        let smtp = config.smtp.unwrap();
+        assert_eq!(smtp.port, 465);
+        assert_eq!(smtp.password.unwrap().expose(), "pw");
+        let err = err_of(&two_sites(&[
+            ("SMTP_HOST", "smtp.example.com"),
+            ("SMTP_PORT", "tls"),
+        ]));
+        assert!(err.starts_with("SMTP_PORT:"), "{err}");
+        let err = err_of(&two_sites(&[
+            ("SMTP_HOST", "smtp.example.com"),
+            ("SMTP_USER", "bot"),
+        ]));
+        assert!(err.starts_with("SMTP_PASS: is missing"), "{err}");
+    }
+
+    #[test]
+    fn example_env_file_parses() {
+        let text = include_str!("../../conf/example.env");
+        let vars: HashMap<String, String> = dotenvy::from_read_iter(text.as_bytes())
+            .collect::<Result<_, _>>()
+            .expect("example.env is valid dotenv syntax");
+        let config = from_env_map(&vars).unwrap();
+        assert_eq!(config.tenants.len(), 2);
+        assert_eq!(config.tenants[0].name, "acme.com");
+        assert!(config.smtp.is_some());
+    }
+
+    /// A directory under the system temp dir, removed on drop.
+    struct TempDir(std::path::PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> Self {
+            let dir = std::env::temp_dir()
+                .join(format!("chatbot-proxy-config-{tag}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn dotenv_is_merged_and_the_process_env_wins() {
+        let dir = TempDir::new("merge");
+        fs::write(
+            dir.0.join(".env"),
+            "# the old service's file\n\
+             DOMAINS='[\"acme.com\"]'\n\
+             OPENAI_API_KEYS='[\"sk-from-file\"]'\n\
+             ASSISTANT_IDS='[\"asst_file\"]'\n\
+             PORT=4000\n\
+             PORT=4001\n",
+        )
+        .unwrap();
+        let process = env(&[("ASSISTANT_IDS", r#"["asst_process"]"#)]);
+        let config = merged_with_dotenv(&dir.0, process)
+            .and_then(|vars| from_env_map(&vars))
+            .unwrap();
+        let tenant = &config.tenants[0];
+        assert_eq!(tenant.api_key.expose(), "sk-from-file", "taken from .env");
+        assert_eq!(tenant.assistant_id, "asst_process", "the process env wins");
+        assert_eq!(
+            config.server.listen, "0.0.0.0:4001",
+            "a later line of .env wins"
+        );
+    }
+
+    #[test]
+    fn without_dotenv_only_the_process_env_counts() {
+        let dir = TempDir::new("absent");
+        let err = merged_with_dotenv(&dir.0, env(&[]))
+            .and_then(|vars| from_env_map(&vars))
+            .unwrap_err();
+        assert_eq!(err.to_string(), NOTHING_CONFIGURED);
+        let config = merged_with_dotenv(&dir.0, two_sites(&[]))
+            .and_then(|vars| from_env_map(&vars))
+            .unwrap();
+        assert_eq!(config.tenants.len(), 2);
+    }
+
+    #[test]
+    fn unparsable_dotenv_line_is_reported_by_number_without_its_content() {
+        let dir = TempDir::new("broken");
+        fs::write(
+            dir.0.join(".env"),
+            "DOMAINS='[\"acme.com\"]'\n\nOPENAI_API_KEYS=\"[\\\"sk-SECRET-9\\\"]\n",
+        )
+        .unwrap();
+        let err = merged_with_dotenv(&dir.0, env(&[]))
+            .and_then(|vars| from_env_map(&vars))
+            .unwrap_err();
+        assert_eq!(err.line(), Some(3), "{err}");
+        assert_eq!(err.key(), Some("OPENAI_API_KEYS"), "{err}");
+        assert!(err.to_string().contains(".env line 3"), "{err}");
+        assert!(!err.to_string().contains("SECRET"), "{err}");
+    }
+}

@@ -1,0 +1,1222 @@
+//! The TOML configuration file (`--config PATH`): the whole configuration in one file.
+//!
+//! The file is deserialized into `Raw*` structs whose leaves are `toml::Spanned<toml::Value>`, so
+//! every value keeps its position and the type checks produce our own messages naming the full
+//! key (`tenants[1].assistant_id`) and its line. Errors from the TOML parser itself (syntax,
+//! unknown or duplicate keys) get their line from the error's span and their key from the
+//! surrounding table headers. `api_key_env` / `password_env` are looked up in the environment
+//! map the caller passes.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use serde::Deserialize;
+use toml::{Spanned, Value};
+
+use super::check::{self, At, DomainOwners};
+use super::defaults;
+use super::error::ConfigError;
+use super::types::{
+    Config, Limits, Secret, ServerSettings, SmtpSettings, Tenant, UpstreamSettings,
+};
+
+/// An optional leaf value with its position.
+type Field = Option<Spanned<Value>>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: Option<RawServer>,
+    upstream: Option<RawUpstream>,
+    limits: Option<RawLimits>,
+    smtp: Option<Spanned<RawSmtp>>,
+    tenants: Option<Spanned<Vec<Spanned<RawTenant>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Field,
+    prefix: Field,
+    threads: Field,
+    grace_period_seconds: Field,
+    graceful_shutdown_timeout_seconds: Field,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    base_url: Field,
+    connect_timeout_ms: Field,
+    first_byte_timeout_ms: Field,
+    idle_timeout_ms: Field,
+    pool_idle_timeout_ms: Field,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_body_bytes: Field,
+    max_message_chars: Field,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSmtp {
+    host: Field,
+    port: Field,
+    user: Field,
+    password: Field,
+    password_env: Field,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenant {
+    name: Field,
+    domains: Field,
+    api_key: Field,
+    api_key_env: Field,
+    assistant_id: Field,
+    lead_recipients: Field,
+}
+
+/// Keys whose values are secrets: a parser error on their line is checked for leaks.
+const SECRET_KEYS: [&str; 2] = ["api_key", "password"];
+
+/// Parses and validates a TOML configuration.
+///
+/// `source_name` is how the file is named in errors (e.g. `chatbot-proxy.toml`); `env` supplies
+/// the variables named by `api_key_env` and `password_env`.
+pub fn from_toml_str(
+    text: &str,
+    source_name: &str,
+    env: &HashMap<String, String>,
+) -> Result<Config, ConfigError> {
+    parse(text, env).map_err(|e| e.in_file(source_name))
+}
+
+fn parse(text: &str, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let raw: RawConfig = toml::from_str(text).map_err(|e| parser_error(text, &e))?;
+    let doc = Doc { text, env };
+    let config = Config {
+        server: doc.server(raw.server)?,
+        upstream: doc.upstream(raw.upstream)?,
+        limits: doc.limits(raw.limits)?,
+        smtp: raw.smtp.map(|smtp| doc.smtp(smtp)).transpose()?,
+        tenants: doc.tenants(raw.tenants)?,
+    };
+    check::finish(&config);
+    Ok(config)
+}
+
+/// The 1-based line of byte `offset`.
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// The document being converted, for positions and environment look-ups.
+struct Doc<'a> {
+    text: &'a str,
+    env: &'a HashMap<String, String>,
+}
+
+impl Doc<'_> {
+    fn at(&self, key: impl Into<String>, span: &Range<usize>) -> At {
+        At::on_line(key, line_of(self.text, span.start))
+    }
+
+    fn located(&self, key: impl Into<String>, field: &Spanned<Value>) -> At {
+        self.at(key, &field.span())
+    }
+
+    /// A string value. Never echoes the value (it may be a secret).
+    fn string(
+        &self,
+        field: &Spanned<Value>,
+        at: &At,
+        example: &str,
+    ) -> Result<String, ConfigError> {
+        match field.get_ref() {
+            Value::String(s) => Ok(s.clone()),
+            other => Err(at.err(format!(
+                "must be a string in double quotes, not {}: write e.g. {example}",
+                article(other.type_str())
+            ))),
+        }
+    }
+
+    /// An integer value.
+    fn integer(&self, field: &Spanned<Value>, at: &At, example: &str) -> Result<i64, ConfigError> {
+        match field.get_ref() {
+            Value::Integer(i) => Ok(*i),
+            other => Err(at.err(format!(
+                "must be a whole number without quotes, not {}: write e.g. {example}",
+                article(other.type_str())
+            ))),
+        }
+    }
+
+    /// An array of strings, each with its own key (`key[i]`) and line.
+    fn strings(
+        &self,
+        field: &Spanned<Value>,
+        at: &At,
+        example: &str,
+    ) -> Result<Vec<(String, At)>, ConfigError> {
+        let Value::Array(items) = field.get_ref() else {
+            return Err(at.err(format!(
+                "must be an array of strings, not {}: write e.g. {example}",
+                article(field.get_ref().type_str())
+            )));
+        };
+        let spans = element_spans(self.text, &field.span());
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let item_at = match spans.as_ref().and_then(|s| s.get(i)) {
+                Some(span) => self.at(format!("{}[{i}]", at.key), span),
+                None => at.index(i),
+            };
+            match item {
+                Value::String(s) => out.push((s.clone(), item_at)),
+                other => {
+                    return Err(item_at.err(format!(
+                        "must be a string in double quotes, not {}: write e.g. {example}",
+                        article(other.type_str())
+                    )))
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// An optional integer setting within `bounds`, `default` when absent.
+    fn bounded(
+        &self,
+        field: &Field,
+        key: &str,
+        bounds: &check::Bounds,
+        default: u64,
+    ) -> Result<u64, ConfigError> {
+        let Some(field) = field else {
+            return Ok(default);
+        };
+        let at = self.located(key, field);
+        let value = self.integer(field, &at, &format!("{} = {default}", last_segment(key)))?;
+        check::in_bounds(value, bounds, default, &at)
+    }
+
+    fn server(&self, raw: Option<RawServer>) -> Result<ServerSettings, ConfigError> {
+        let mut server = ServerSettings::default();
+        let Some(raw) = raw else {
+            return Ok(server);
+        };
+        if let Some(field) = &raw.listen {
+            let at = self.located("server.listen", field);
+            let text = self.string(field, &at, "listen = \"0.0.0.0:3000\"")?;
+            server.listen = check::listen(&text, &at)?;
+        }
+        if let Some(field) = &raw.prefix {
+            let at = self.located("server.prefix", field);
+            let text = self.string(field, &at, "prefix = \"/open-ai\"")?;
+            server.prefix = check::prefix(&text, &at)?;
+        }
+        let threads = self.bounded(
+            &raw.threads,
+            "server.threads",
+            &check::THREADS,
+            defaults::THREADS as u64,
+        )?;
+        server.threads = threads as usize;
+        server.grace_period_seconds = self.bounded(
+            &raw.grace_period_seconds,
+            "server.grace_period_seconds",
+            &check::GRACE_SECONDS,
+            defaults::GRACE_PERIOD_SECONDS,
+        )?;
+        server.graceful_shutdown_timeout_seconds = self.bounded(
+            &raw.graceful_shutdown_timeout_seconds,
+            "server.graceful_shutdown_timeout_seconds",
+            &check::SHUTDOWN_SECONDS,
+            defaults::GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS,
+        )?;
+        Ok(server)
+    }
+
+    fn upstream(&self, raw: Option<RawUpstream>) -> Result<UpstreamSettings, ConfigError> {
+        let mut upstream = UpstreamSettings::default();
+        let Some(raw) = raw else {
+            return Ok(upstream);
+        };
+        if let Some(field) = &raw.base_url {
+            let at = self.located("upstream.base_url", field);
+            let text = self.string(field, &at, "base_url = \"https://api.openai.com/v1\"")?;
+            check::base_url(&text, &at, &mut upstream)?;
+        }
+        let timeouts = [
+            (
+                &raw.connect_timeout_ms,
+                "upstream.connect_timeout_ms",
+                defaults::CONNECT_TIMEOUT_MS,
+            ),
+            (
+                &raw.first_byte_timeout_ms,
+                "upstream.first_byte_timeout_ms",
+                defaults::FIRST_BYTE_TIMEOUT_MS,
+            ),
+            (
+                &raw.idle_timeout_ms,
+                "upstream.idle_timeout_ms",
+                defaults::IDLE_TIMEOUT_MS,
+            ),
+            (
+                &raw.pool_idle_timeout_ms,
+                "upstream.pool_idle_timeout_ms",
+                defaults::POOL_IDLE_TIMEOUT_MS,
+            ),
+        ];
+        let mut values = [std::time::Duration::ZERO; 4];
+        for (slot, (field, key, default)) in values.iter_mut().zip(timeouts) {
+            *slot = std::time::Duration::from_millis(self.bounded(
+                field,
+                key,
+                &check::TIMEOUT_MS,
+                default,
+            )?);
+        }
+        let [connect, first_byte, idle, pool_idle] = values;
+        upstream.connect_timeout = connect;
+        upstream.first_byte_timeout = first_byte;
+        upstream.idle_timeout = idle;
+        upstream.pool_idle_timeout = pool_idle;
+        Ok(upstream)
+    }
+
+    fn limits(&self, raw: Option<RawLimits>) -> Result<Limits, ConfigError> {
+        let mut limits = Limits::default();
+        let Some(raw) = raw else {
+            return Ok(limits);
+        };
+        limits.max_body_bytes = self.bounded(
+            &raw.max_body_bytes,
+            "limits.max_body_bytes",
+            &check::BODY_BYTES,
+            defaults::MAX_BODY_BYTES as u64,
+        )? as usize;
+        limits.max_message_chars = self.bounded(
+            &raw.max_message_chars,
+            "limits.max_message_chars",
+            &check::MESSAGE_CHARS,
+            defaults::MAX_MESSAGE_CHARS as u64,
+        )? as usize;
+        Ok(limits)
+    }
+
+    fn smtp(&self, raw: Spanned<RawSmtp>) -> Result<SmtpSettings, ConfigError> {
+        let table = self.at("smtp", &raw.span());
+        let raw = raw.into_inner();
+        let Some(host_field) = &raw.host else {
+            return Err(table.field("host").err(
+                "is missing: add host = \"smtp.example.com\" to [smtp], or remove the [smtp] \
+                 table to disable lead e-mails",
+            ));
+        };
+        let host_at = self.located("smtp.host", host_field);
+        let host = check::smtp_host(
+            &self.string(host_field, &host_at, "host = \"smtp.example.com\"")?,
+            &host_at,
+        )?;
+        let port = self.bounded(
+            &raw.port,
+            "smtp.port",
+            &check::PORT,
+            u64::from(defaults::SMTP_PORT),
+        )? as u16;
+
+        let mut user_at = table.field("user");
+        let user = match &raw.user {
+            Some(field) => {
+                user_at = self.located("smtp.user", field);
+                let user = self.string(field, &user_at, "user = \"bot@example.com\"")?;
+                if user.trim().is_empty() {
+                    return Err(user_at.err("is empty: give the SMTP user name, or remove the key"));
+                }
+                Some(user.trim().to_string())
+            }
+            None => None,
+        };
+
+        let mut password_at = table.field("password");
+        let password = match (&raw.password, &raw.password_env) {
+            (Some(_), Some(env_field)) => {
+                return Err(self.located("smtp.password_env", env_field).err(
+                    "and smtp.password are both set: keep exactly one (password_env keeps the \
+                     password out of this file)",
+                ))
+            }
+            (Some(field), None) => {
+                password_at = self.located("smtp.password", field);
+                let password = self.string(field, &password_at, "password = \"...\"")?;
+                if password.trim().is_empty() {
+                    return Err(
+                        password_at.err("is empty: give the SMTP password, or remove the key")
+                    );
+                }
+                Some(Secret::new(password))
+            }
+            (None, Some(field)) => {
+                password_at = self.located("smtp.password_env", field);
+                let name = self.string(field, &password_at, "password_env = \"SMTP_PASS\"")?;
+                let name = check::env_var_name(&name, &password_at)?;
+                let value = check::env_value(self.env, &name, "the SMTP password", &password_at)?;
+                Some(Secret::new(value))
+            }
+            (None, None) => None,
+        };
+        check::smtp_credentials(user.as_deref(), password.as_ref(), &user_at, &password_at)?;
+        Ok(SmtpSettings {
+            host,
+            port,
+            user,
+            password,
+        })
+    }
+
+    fn tenants(
+        &self,
+        raw: Option<Spanned<Vec<Spanned<RawTenant>>>>,
+    ) -> Result<Vec<Tenant>, ConfigError> {
+        const HOW: &str = "add a [[tenants]] table with domains, api_key_env (or api_key) and \
+                           assistant_id; see conf/chatbot-proxy.toml";
+        let Some(list) = raw else {
+            return Err(ConfigError::new(
+                "tenants",
+                format!("no tenant is configured: {HOW}"),
+            ));
+        };
+        if list.get_ref().is_empty() {
+            return Err(self
+                .at("tenants", &list.span())
+                .err(format!("is empty: {HOW}")));
+        }
+        let mut owners = DomainOwners::default();
+        let mut names: HashMap<String, At> = HashMap::new();
+        let mut tenants = Vec::with_capacity(list.get_ref().len());
+        for (index, raw) in list.into_inner().into_iter().enumerate() {
+            let table = self.at(format!("tenants[{index}]"), &raw.span());
+            let tenant = self.tenant(index, raw.get_ref(), &table, &mut owners)?;
+            if let Some(first) = names.get(&tenant.name) {
+                let at = match &raw.get_ref().name {
+                    Some(field) => self.located(format!("{}.name", table.key), field),
+                    None => table.field("name"),
+                };
+                return Err(at.err(format!(
+                    "{} is already the name of {} (line {}): give each tenant its own name",
+                    check::shown(&tenant.name),
+                    first.key,
+                    first.line.unwrap_or_default()
+                )));
+            }
+            names.insert(tenant.name.clone(), table);
+            tenants.push(tenant);
+        }
+        Ok(tenants)
+    }
+
+    fn tenant(
+        &self,
+        index: usize,
+        raw: &RawTenant,
+        table: &At,
+        owners: &mut DomainOwners,
+    ) -> Result<Tenant, ConfigError> {
+        let domains_key = format!("{}.domains", table.key);
+        let Some(domains_field) = &raw.domains else {
+            return Err(table.field("domains").err(
+                "is missing: add domains = [\"example.com\"] to this [[tenants]] table \
+                 (the sites allowed to use this tenant)",
+            ));
+        };
+        let domains_at = self.located(domains_key, domains_field);
+        let example = "domains = [\"example.com\", \"*.example.com\"]";
+        let entries = self.strings(domains_field, &domains_at, example)?;
+        if entries.is_empty() {
+            return Err(domains_at.err(format!(
+                "is empty: list at least one domain, e.g. {example}"
+            )));
+        }
+        let mut domains = Vec::with_capacity(entries.len());
+        for (text, at) in &entries {
+            domains.push((check::domain(text, at)?, at));
+        }
+
+        let name = match &raw.name {
+            Some(field) => {
+                let at = self.located(format!("{}.name", table.key), field);
+                check::tenant_name(&self.string(field, &at, "name = \"acme\"")?, &at)?
+            }
+            None => domains[0].0.clone(),
+        };
+        let label = format!("tenant {}", check::shown(&name));
+        for (domain, at) in &domains {
+            owners.claim(domain, index, &label, at)?;
+        }
+
+        let api_key = self.api_key(raw, table, &name)?;
+
+        let Some(assistant_field) = &raw.assistant_id else {
+            return Err(table.field("assistant_id").err(
+                "is missing: add assistant_id = \"asst_...\" (copy it from the OpenAI dashboard)",
+            ));
+        };
+        let assistant_at = self.located(format!("{}.assistant_id", table.key), assistant_field);
+        let assistant_id = check::assistant_id(
+            &self.string(
+                assistant_field,
+                &assistant_at,
+                "assistant_id = \"asst_...\"",
+            )?,
+            &assistant_at,
+        )?;
+
+        let mut lead_recipients = Vec::new();
+        if let Some(field) = &raw.lead_recipients {
+            let at = self.located(format!("{}.lead_recipients", table.key), field);
+            for (text, item_at) in
+                self.strings(field, &at, "lead_recipients = [\"sales@example.com\"]")?
+            {
+                lead_recipients.push(check::recipient(&text, &item_at)?);
+            }
+        }
+
+        Ok(Tenant {
+            name,
+            domains: domains.into_iter().map(|(d, _)| d).collect(),
+            api_key,
+            assistant_id,
+            lead_recipients,
+        })
+    }
+
+    /// Exactly one of `api_key` / `api_key_env`; the variable must be set.
+    fn api_key(&self, raw: &RawTenant, table: &At, name: &str) -> Result<Secret, ConfigError> {
+        match (&raw.api_key, &raw.api_key_env) {
+            (Some(_), Some(env_field)) => Err(self
+                .located(format!("{}.api_key_env", table.key), env_field)
+                .err(format!(
+                    "and {}.api_key are both set: keep exactly one (api_key_env is preferred: \
+                     it keeps the key out of this file)",
+                    table.key
+                ))),
+            (None, None) => Err(table.field("api_key").err(
+                "is missing: add api_key_env = \"ACME_OPENAI_KEY\" (an environment variable \
+                 holding the OpenAI key) or api_key = \"sk-...\"",
+            )),
+            (Some(field), None) => {
+                let at = self.located(format!("{}.api_key", table.key), field);
+                let key = self.string(field, &at, "api_key = \"sk-...\"")?;
+                check::api_key(&key, "the API key", &at)
+            }
+            (None, Some(field)) => {
+                let at = self.located(format!("{}.api_key_env", table.key), field);
+                let var = self.string(field, &at, "api_key_env = \"ACME_OPENAI_KEY\"")?;
+                let var = check::env_var_name(&var, &at)?;
+                let purpose = format!("the OpenAI API key of tenant {}", check::shown(name));
+                let key = check::env_value(self.env, &var, &purpose, &at)?;
+                check::api_key(&key, &format!("the API key in {var}"), &at)
+            }
+        }
+    }
+}
+
+/// "a string", "an integer", ... for messages.
+fn article(type_name: &str) -> String {
+    match type_name.chars().next() {
+        Some('a' | 'e' | 'i' | 'o' | 'u') => format!("an {type_name}"),
+        _ => format!("a {type_name}"),
+    }
+}
+
+fn last_segment(key: &str) -> &str {
+    key.rsplit('.').next().unwrap_or(key)
+}
+
+/// The spans of the elements of the array written at `span`, found by parsing that slice
+/// again on its own (a `Value` keeps no positions for its elements).
+fn element_spans(text: &str, span: &Range<usize>) -> Option<Vec<Range<usize>>> {
+    #[derive(Deserialize)]
+    struct Wrapper {
+        x: Vec<Spanned<Value>>,
+    }
+    let slice = text.get(span.clone())?;
+    let prefix = "x = ";
+    let wrapper: Wrapper = toml::from_str(&format!("{prefix}{slice}")).ok()?;
+    let shift = span.start;
+    Some(
+        wrapper
+            .x
+            .iter()
+            .map(|item| {
+                let s = item.span();
+                (s.start - prefix.len() + shift)..(s.end - prefix.len() + shift)
+            })
+            .collect(),
+    )
+}
+
+/// Turns an error of the TOML parser or deserializer into a `ConfigError` with a line, a key
+/// and advice, making sure no secret from the offending line slips into the message.
+fn parser_error(text: &str, err: &toml::de::Error) -> ConfigError {
+    let span = err.span();
+    let line = span.as_ref().map(|s| line_of(text, s.start));
+    let key = span.as_ref().and_then(|s| key_path_at(text, s.start));
+    let mut message = friendly(err.message());
+    if let Some(line) = line {
+        if leaks_secret(&message, text.split('\n').nth(line - 1).unwrap_or("")) {
+            message = "this line is not valid TOML (the value is not shown because it is a \
+                       secret): write it as a string in double quotes, e.g. api_key = \"sk-...\""
+                .to_string();
+        }
+    }
+    let error = match key {
+        Some(key) => ConfigError::new(key, message),
+        None => ConfigError::general(message),
+    };
+    error.with_line(line)
+}
+
+/// Rewords the parser's message and adds what to do.
+fn friendly(message: &str) -> String {
+    let message = message.trim().replace('\n', "; ");
+    if let Some(rest) = message.strip_prefix("unknown field") {
+        let rest = rest
+            .replacen(
+                ", expected one of ",
+                ": check the spelling; the keys allowed here are ",
+                1,
+            )
+            .replacen(
+                ", expected ",
+                ": check the spelling; the keys allowed here are ",
+                1,
+            )
+            .replacen(", there are no fields", ": this table takes no keys", 1);
+        return format!("unknown key{rest}");
+    }
+    if message.starts_with("duplicate key") {
+        return format!("{message}: keep only one of them");
+    }
+    if message.starts_with("invalid type") {
+        let message = message
+            .replace("expected struct RawTenant", "expected a [[tenants]] table")
+            .replace(
+                "expected a sequence",
+                "expected an array (write tenants as [[tenants]] tables)",
+            );
+        let message = match message.find("expected struct Raw") {
+            Some(pos) => format!("{}expected a table such as [server]", &message[..pos]),
+            None => message,
+        };
+        return format!("{message}; see conf/chatbot-proxy.toml for the expected layout");
+    }
+    format!(
+        "{message}: fix the TOML syntax here (strings need double quotes, e.g. key = \"value\")"
+    )
+}
+
+/// Whether `message` could reveal the value of a secret on `line`.
+fn leaks_secret(message: &str, line: &str) -> bool {
+    if message.to_ascii_lowercase().contains("sk-") {
+        return true;
+    }
+    let Some((key, value)) = line.split_once('=') else {
+        return false;
+    };
+    let key = key.trim().trim_matches(['"', '\'']);
+    if !SECRET_KEYS.contains(&last_segment(key)) {
+        return false;
+    }
+    let value: Vec<char> = value.trim().trim_matches(['"', '\'']).chars().collect();
+    value.len() >= 4
+        && value
+            .windows(4)
+            .any(|w| message.contains(&w.iter().collect::<String>()))
+}
+
+/// The dotted key for a position: the enclosing table header (`[server]`, or `tenants[N]` for
+/// the N-th `[[tenants]]`) and the key assigned on that line or the closest one above it.
+fn key_path_at(text: &str, offset: usize) -> Option<String> {
+    let target = line_of(text, offset);
+    let mut table = String::new();
+    let mut key: Option<String> = None;
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for line in text.split('\n').take(target) {
+        let code = line.split('#').next().unwrap_or("").trim();
+        if let Some(name) = code.strip_prefix("[[").and_then(|r| r.strip_suffix("]]")) {
+            let name = name.trim().to_string();
+            let count = counts.entry(name.clone()).or_insert(0);
+            table = format!("{name}[{count}]");
+            *count += 1;
+            key = None;
+        } else if let Some(name) = code.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+            if is_key_text(name) {
+                table = name.trim().to_string();
+                key = None;
+            }
+        } else if let Some((left, _)) = code.split_once('=') {
+            if is_key_text(left) {
+                key = Some(left.trim().replace(['"', '\''], ""));
+            }
+        }
+    }
+    match (table.is_empty(), key) {
+        (true, None) => None,
+        (true, Some(key)) => Some(key),
+        (false, None) => Some(table),
+        (false, Some(key)) => Some(format!("{table}.{key}")),
+    }
+}
+
+fn is_key_text(text: &str) -> bool {
+    let text = text.trim();
+    !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.\"' ".contains(c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const FILE: &str = "chatbot-proxy.toml";
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    const MINIMAL: &str = r#"
+[[tenants]]
+domains = ["acme.com"]
+api_key = "sk-minimal-0000"
+assistant_id = "asst_minimal"
+"#;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        from_toml_str(text, FILE, &env(&[("ACME_OPENAI_KEY", "sk-from-env-1234")]))
+    }
+
+    fn load_err(text: &str) -> String {
+        load(text)
+            .expect_err("configuration should be refused")
+            .to_string()
+    }
+
+    #[test]
+    fn defaults_fill_everything_but_the_tenant() {
+        let config = load(MINIMAL).unwrap();
+        assert_eq!(
+            config.server,
+            ServerSettings {
+                listen: "0.0.0.0:3000".into(),
+                prefix: "/open-ai".into(),
+                threads: 2,
+                grace_period_seconds: 30,
+                graceful_shutdown_timeout_seconds: 10,
+            }
+        );
+        let up = &config.upstream;
+        assert_eq!(up.base_url, "https://api.openai.com/v1");
+        assert!(up.tls);
+        assert_eq!(
+            (up.host.as_str(), up.port, up.base_path.as_str()),
+            ("api.openai.com", 443, "/v1")
+        );
+        assert_eq!(up.connect_timeout, Duration::from_millis(5000));
+        assert_eq!(up.first_byte_timeout, Duration::from_millis(60000));
+        assert_eq!(up.idle_timeout, Duration::from_millis(60000));
+        assert_eq!(up.pool_idle_timeout, Duration::from_millis(90000));
+        assert_eq!(config.limits.max_body_bytes, 32768);
+        assert_eq!(config.limits.max_message_chars, 4000);
+        assert!(config.smtp.is_none());
+        let tenant = &config.tenants[0];
+        assert_eq!(tenant.name, "acme.com", "name defaults to the first domain");
+        assert_eq!(tenant.api_key.expose(), "sk-minimal-0000");
+        assert!(tenant.lead_recipients.is_empty());
+    }
+
+    #[test]
+    fn example_file_parses_with_its_env_vars() {
+        let text = include_str!("../../conf/chatbot-proxy.toml");
+        let vars = env(&[
+            ("ACME_OPENAI_KEY", "sk-acme-example"),
+            ("SMTP_PASS", "smtp-example-pass"),
+        ]);
+        let config = from_toml_str(text, "conf/chatbot-proxy.toml", &vars).unwrap();
+        assert_eq!(config.tenants.len(), 2);
+        assert_eq!(config.tenants[0].name, "acme");
+        assert_eq!(config.tenants[0].domains, ["acme.com", "*.acme.com"]);
+        assert_eq!(config.tenants[0].api_key.expose(), "sk-acme-example");
+        assert_eq!(config.tenants[1].lead_recipients.len(), 2);
+        let smtp = config.smtp.expect("the example configures SMTP");
+        assert_eq!(smtp.password.unwrap().expose(), "smtp-example-pass");
+        assert_eq!(config.server.prefix, "/open-ai");
+    }
+
+    #[test]
+    fn example_file_without_its_env_vars_names_the_missing_variable() {
+        let text = include_str!("../../conf/chatbot-proxy.toml");
+        let err = from_toml_str(text, "conf/chatbot-proxy.toml", &env(&[("SMTP_PASS", "x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ACME_OPENAI_KEY"), "{err}");
+        assert!(err.contains("api_key_env"), "{err}");
+    }
+
+    #[test]
+    fn every_section_is_read() {
+        let text = r#"
+[server]
+listen = "127.0.0.1:8080"
+prefix = "/chat/"
+threads = 4
+grace_period_seconds = 0
+graceful_shutdown_timeout_seconds = 20
+
+[upstream]
+base_url = "http://127.0.0.1:8090/v1"
+connect_timeout_ms = 100
+first_byte_timeout_ms = 200
+idle_timeout_ms = 300
+pool_idle_timeout_ms = 400
+
+[limits]
+max_body_bytes = 1024
+max_message_chars = 100
+
+[smtp]
+host = "smtp.example.com"
+
+[[tenants]]
+name = "acme"
+domains = [" ACME.com ", "*.acme.com"]
+api_key_env = "ACME_OPENAI_KEY"
+assistant_id = "asst_acme"
+lead_recipients = ["sales@acme.com"]
+"#;
+        let config = load(text).unwrap();
+        assert_eq!(config.server.listen, "127.0.0.1:8080");
+        assert_eq!(config.server.prefix, "/chat");
+        assert_eq!(config.server.threads, 4);
+        assert_eq!(config.server.grace_period_seconds, 0);
+        assert_eq!(config.server.graceful_shutdown_timeout_seconds, 20);
+        assert!(!config.upstream.tls);
+        assert_eq!(config.upstream.port, 8090);
+        assert_eq!(
+            config.upstream.pool_idle_timeout,
+            Duration::from_millis(400)
+        );
+        assert_eq!(config.limits.max_body_bytes, 1024);
+        assert_eq!(config.limits.max_message_chars, 100);
+        let smtp = config.smtp.unwrap();
+        assert_eq!((smtp.port, smtp.user, smtp.password), (587, None, None));
+        assert_eq!(config.tenants[0].domains, ["acme.com", "*.acme.com"]);
+        assert_eq!(config.tenants[0].api_key.expose(), "sk-from-env-1234");
+    }
+
+    #[test]
+    fn prefix_slash_alone_means_no_prefix() {
+        let config = load(&format!("[server]\nprefix = \"/\"\n{MINIMAL}")).unwrap();
+        assert_eq!(config.server.prefix, "");
+    }
+
+    #[test]
+    fn bad_prefix_is_reported_with_key_and_line() {
+        let err = load_err(&format!("[server]\nprefix = \"open-ai\"\n{MINIMAL}"));
+        assert!(
+            err.starts_with("chatbot-proxy.toml line 2: server.prefix:"),
+            "{err}"
+        );
+        assert!(err.contains("must start with '/'"), "{err}");
+        let err = load_err(&format!("[server]\nprefix = \"/a b\"\n{MINIMAL}"));
+        assert!(err.contains("server.prefix"), "{err}");
+    }
+
+    #[test]
+    fn bad_listen_is_reported_with_key_and_line() {
+        let err = load_err(&format!("[server]\nlisten = \"0.0.0.0:99999\"\n{MINIMAL}"));
+        assert!(
+            err.starts_with("chatbot-proxy.toml line 2: server.listen:"),
+            "{err}"
+        );
+        assert!(err.contains("1 to 65535"), "{err}");
+    }
+
+    #[test]
+    fn bad_base_url_is_reported_with_key_and_line() {
+        let err = load_err(&format!(
+            "{MINIMAL}\n[upstream]\nbase_url = \"ftp://example.com\"\n"
+        ));
+        assert!(
+            err.starts_with("chatbot-proxy.toml line 8: upstream.base_url:"),
+            "{err}"
+        );
+        assert!(err.contains("http and https"), "{err}");
+    }
+
+    #[test]
+    fn zero_timeout_and_huge_body_limit_are_refused() {
+        let err = load_err(&format!("[upstream]\nidle_timeout_ms = 0\n{MINIMAL}"));
+        assert!(
+            err.starts_with("chatbot-proxy.toml line 2: upstream.idle_timeout_ms:"),
+            "{err}"
+        );
+        let err = load_err(&format!("[limits]\nmax_body_bytes = 20000000\n{MINIMAL}"));
+        assert!(err.contains("limits.max_body_bytes"), "{err}");
+        assert!(err.contains("10485760"), "{err}");
+        let err = load_err(&format!("[limits]\nmax_message_chars = 0\n{MINIMAL}"));
+        assert!(err.contains("limits.max_message_chars"), "{err}");
+        let err = load_err(&format!("[server]\nthreads = 0\n{MINIMAL}"));
+        assert!(err.contains("server.threads"), "{err}");
+        let err = load_err(&format!(
+            "[server]\ngraceful_shutdown_timeout_seconds = 0\n{MINIMAL}"
+        ));
+        assert!(
+            err.contains("server.graceful_shutdown_timeout_seconds"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn wrong_types_name_the_key_and_line() {
+        let err = load_err(&format!("[server]\nthreads = \"4\"\n{MINIMAL}"));
+        assert!(
+            err.starts_with("chatbot-proxy.toml line 2: server.threads:"),
+            "{err}"
+        );
+        assert!(err.contains("whole number"), "{err}");
+        let err = load_err(
+            "[[tenants]]\ndomains = \"acme.com\"\napi_key = \"sk-x1\"\nassistant_id = \"asst_a\"\n",
+        );
+        assert!(
+            err.starts_with("chatbot-proxy.toml line 2: tenants[0].domains:"),
+            "{err}"
+        );
+        assert!(err.contains("array of strings"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_is_reported_with_its_line_and_table() {
+        let text = format!("{MINIMAL}\n[upstream]\nbase_ur = \"https://x.example\"\n");
+        let err = load(&text).unwrap_err();
+        assert_eq!(err.line(), Some(8));
+        assert_eq!(err.key(), Some("upstream.base_ur"));
+        let shown = err.to_string();
+        assert!(shown.contains("unknown key `base_ur`"), "{shown}");
+        assert!(shown.contains("base_url"), "{shown}");
+
+        let err = load_err("[[tenants]]\ndomains = [\"a.com\"]\napi_kye = \"sk-typo-secret\"\n");
+        assert!(
+            err.starts_with("chatbot-proxy.toml line 3: tenants[0].api_kye: unknown key"),
+            "{err}"
+        );
+        assert!(!err.contains("sk-typo-secret"), "{err}");
+
+        let err = load_err(&format!("[sever]\nthreads = 2\n{MINIMAL}"));
+        assert!(
+            err.starts_with("chatbot-proxy.toml line 1: sever: unknown key"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn syntax_error_has_its_line() {
+        let err = load(&format!("{MINIMAL}\n[server]\nlisten = 0.0.0.0:3000\n")).unwrap_err();
+        assert_eq!(err.line(), Some(8), "{err}");
+        assert_eq!(err.key(), Some("server.listen"), "{err}");
+        assert!(err.to_string().contains("double quotes"), "{err}");
+    }
+
+    #[test]
+    fn tenants_are_required() {
+        let err = load_err("[server]\nthreads = 2\n");
+        assert!(err.contains("tenants: no tenant is configured"), "{err}");
+        assert!(err.contains("[[tenants]]"), "{err}");
+        let err = load_err("tenants = []\n");
+        assert!(
+            err.starts_with("chatbot-proxy.toml line 1: tenants: is empty"),
+            "{err}"
+        );
+    }
+
+    /// One tenant whose `domains` line (line 2) is `list`.
+    fn with_domains(list: &str) -> String {
+        format!("[[tenants]]\ndomains = {list}\napi_key = \"sk-a1\"\nassistant_id = \"asst_a\"\n")
+    }
+
+    #[test]
+    fn tenant_domains_rules() {
+        let err = load_err("[[tenants]]\napi_key = \"sk-a1\"\nassistant_id = \"asst_a\"\n");
+        assert!(
+            err.starts_with("chatbot-proxy.toml line 1: tenants[0].domains: is missing"),
+            "{err}"
+        );
+        let err = load_err(&with_domains("[]"));
+        assert!(
+            err.starts_with("chatbot-proxy.toml line 2: tenants[0].domains: is empty"),
+            "{err}"
+        );
+        let err = load_err(&with_domains("[\n  \"a.com\",\n  \"https://b.com\",\n]"));
+        assert!(
+            err.starts_with("chatbot-proxy.toml line 4: tenants[0].domains[1]:"),
+            "{err}"
+        );
+        assert!(err.contains("bare host name"), "{err}");
+        let err = load_err(&with_domains(r#"["a.com", ""]"#));
+        assert!(err.contains("tenants[0].domains[1]: is empty"), "{err}");
+        let err = load_err(&with_domains(r#"["a.com", 5]"#));
+        assert!(
+            err.contains("tenants[0].domains[1]: must be a string"),
+            "{err}"
+        );
+        let err = load_err(&with_domains(r#"["a.com:8080"]"#));
+        assert!(err.contains("tenants[0].domains[0]"), "{err}");
+        let err = load_err(&with_domains(r#"["a.com b.com"]"#));
+        assert!(err.contains("whitespace"), "{err}");
+        let err = load_err(&with_domains(r#"["a.com", "A.com "]"#));
+        assert!(err.contains("listed twice in the same tenant"), "{err}");
+        let config = load(&with_domains(r#"[" Shop.A.com ", "*.a.com"]"#)).unwrap();
+        assert_eq!(config.tenants[0].domains, ["shop.a.com", "*.a.com"]);
+    }
+
+    #[test]
+    fn a_domain_in_two_tenants_names_both() {
+        let text = r#"
+[[tenants]]
+name = "acme"
+domains = ["acme.com", "shop.acme.com"]
+api_key = "sk-a1"
+assistant_id = "asst_a"
+
+[[tenants]]
+name = "shop"
+domains = ["SHOP.acme.com"]
+api_key = "sk-b1"
+assistant_id = "asst_b"
+"#;
+        let err = load_err(text);
+        assert!(
+            err.starts_with("chatbot-proxy.toml line 10: tenants[1].domains[0]:"),
+            "{err}"
+        );
+        assert!(err.contains("\"acme\""), "{err}");
+        assert!(err.contains("\"shop\""), "{err}");
+        assert!(err.contains("tenants[0].domains[1], line 4"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_tenant_names_are_refused() {
+        let text = "[[tenants]]\nname = \"x\"\ndomains = [\"a.com\"]\napi_key = \"sk-a1\"\nassistant_id = \"asst_a\"\n\
+                    [[tenants]]\nname = \"x\"\ndomains = [\"b.com\"]\napi_key = \"sk-b1\"\nassistant_id = \"asst_b\"\n";
+        let err = load_err(text);
+        assert!(
+            err.starts_with("chatbot-proxy.toml line 7: tenants[1].name:"),
+            "{err}"
+        );
+        assert!(err.contains("tenants[0]"), "{err}");
+    }
+
+    #[test]
+    fn api_key_needs_exactly_one_source() {
+        let err = load_err("[[tenants]]\ndomains = [\"a.com\"]\nassistant_id = \"asst_a\"\n");
+        assert!(err.contains("tenants[0].api_key: is missing"), "{err}");
+        assert!(err.contains("api_key_env"), "{err}");
+        let err = load_err(
+            "[[tenants]]\ndomains = [\"a.com\"]\napi_key = \"sk-both-secret\"\napi_key_env = \"ACME_OPENAI_KEY\"\nassistant_id = \"asst_a\"\n",
+        );
+        assert!(err.starts_with("chatbot-proxy.toml line 4: tenants[0].api_key_env: and tenants[0].api_key are both set"), "{err}");
+        assert!(!err.contains("sk-both-secret"), "{err}");
+    }
+
+    #[test]
+    fn api_key_env_is_resolved_and_must_be_set() {
+        let text = "[[tenants]]\ndomains = [\"a.com\"]\napi_key_env = \"SHOP_KEY\"\nassistant_id = \"asst_a\"\n";
+        let config = from_toml_str(text, FILE, &env(&[("SHOP_KEY", " sk-shop-9876\n")])).unwrap();
+        assert_eq!(config.tenants[0].api_key.expose(), "sk-shop-9876");
+
+        let err = from_toml_str(text, FILE, &env(&[])).unwrap_err();
+        assert_eq!(err.key(), Some("tenants[0].api_key_env"));
+        assert_eq!(err.line(), Some(3));
+        assert!(
+            err.to_string()
+                .contains("environment variable SHOP_KEY is not set"),
+            "{err}"
+        );
+
+        let err = from_toml_str(text, FILE, &env(&[("SHOP_KEY", "  ")])).unwrap_err();
+        assert!(err.to_string().contains("SHOP_KEY is empty"), "{err}");
+    }
+
+    #[test]
+    fn assistant_id_rules() {
+        let err = load_err("[[tenants]]\ndomains = [\"a.com\"]\napi_key = \"sk-a1\"\n");
+        assert!(err.contains("tenants[0].assistant_id: is missing"), "{err}");
+        let err = load_err(
+            "[[tenants]]\ndomains = [\"a.com\"]\napi_key = \"sk-a1\"\nassistant_id = \"\"\n",
+        );
+        assert!(
+            err.starts_with("chatbot-proxy.toml line 4: tenants[0].assistant_id: is empty"),
+            "{err}"
+        );
+        let two = format!("{MINIMAL}\n[[tenants]]\ndomains = [\"b.com\"]\napi_key = \"sk-b1\"\nassistant_id = \"thread_b\"\n");
+        let err = load_err(&two);
+        assert!(
+            err.starts_with("chatbot-proxy.toml line 10: tenants[1].assistant_id:"),
+            "{err}"
+        );
+        assert!(err.contains("\"asst_\""), "{err}");
+    }
+
+    #[test]
+    fn lead_recipients_rules() {
+        let text = |list: &str| {
+            format!("[[tenants]]\ndomains = [\"a.com\"]\napi_key = \"sk-a1\"\nassistant_id = \"asst_a\"\nlead_recipients = {list}\n")
+        };
+        let config = load(&text("[\" sales@a.com \", \"ops@a.com\"]")).unwrap();
+        assert_eq!(
+            config.tenants[0].lead_recipients,
+            ["sales@a.com", "ops@a.com"]
+        );
+        let err = load_err(&text("[\"sales@a.com\", \"nobody\"]"));
+        assert!(
+            err.starts_with("chatbot-proxy.toml line 5: tenants[0].lead_recipients[1]:"),
+            "{err}"
+        );
+        let err = load_err(&text("[\"a@a.com, b@a.com\"]"));
+        assert!(err.contains("one e-mail address"), "{err}");
+    }
+
+    #[test]
+    fn smtp_rules() {
+        let with = |smtp: &str| format!("{MINIMAL}\n[smtp]\n{smtp}");
+        let err = load_err(&with("port = 25\n"));
+        assert!(
+            err.starts_with("chatbot-proxy.toml line 7: smtp.host: is missing"),
+            "{err}"
+        );
+        let err = load_err(&with("host = \"mail.x\"\nport = 0\n"));
+        assert!(err.contains("smtp.port"), "{err}");
+        let err = load_err(&with("host = \"mail.x\"\nuser = \"bot@x\"\n"));
+        assert!(err.contains("smtp.password: is missing"), "{err}");
+        let err = load_err(&with(
+            "host = \"mail.x\"\nuser = \"bot@x\"\npassword_env = \"MAIL_PW\"\n",
+        ));
+        assert!(
+            err.contains("environment variable MAIL_PW is not set"),
+            "{err}"
+        );
+        let config = from_toml_str(
+            &with("host = \"mail.x\"\nport = 465\nuser = \"bot@x\"\npassword_env = \"MAIL_PW\"\n"),
+            FILE,
+            &env(&[("MAIL_PW", "pw-1")]),
+        )
+        .unwrap();
+        let smtp = config.smtp.unwrap();
+        assert_eq!((smtp.port, smtp.user.as_deref()), (465, Some("bot@x")));
+        assert_eq!(smtp.password.unwrap().expose(), "pw-1");
+    }
+
+    #[test]
+    fn secrets_never_appear_in_errors() {
+        let secret = "sk-SECRET-abcdef123456";
+        let cases = [
+            // Malformed key (spaces inside).
+            format!("[[tenants]]\ndomains = [\"a.com\"]\napi_key = \"{} x\"\nassistant_id = \"asst_a\"\n", secret),
+            // Not quoted: a TOML syntax error on the secret's line.
+            format!("[[tenants]]\ndomains = [\"a.com\"]\napi_key = {secret}\nassistant_id = \"asst_a\"\n"),
+            // Unterminated string.
+            format!("[[tenants]]\ndomains = [\"a.com\"]\napi_key = \"{secret}\nassistant_id = \"asst_a\"\n"),
+            // Key pasted into the wrong fields.
+            format!("[[tenants]]\ndomains = [\"a.com\"]\napi_key = \"sk-a1\"\nassistant_id = \"{secret}\"\n"),
+            format!("[[tenants]]\ndomains = [\"{secret}/\"]\napi_key = \"sk-a1\"\nassistant_id = \"asst_a\"\n"),
+            format!("[[tenants]]\ndomains = [\"a.com\"]\napi_key_env = \"{secret}\"\nassistant_id = \"asst_a\"\n"),
+            // Valid key, but another error in the same tenant.
+            format!("[[tenants]]\ndomains = [\"a.com\"]\napi_key = \"{secret}\"\nassistant_id = \"bad\"\n"),
+            format!("[[tenants]]\ndomains = [\"a.com\"]\napi_key = \"{secret}\"\napi_key = \"{secret}\"\n"),
+            // SMTP password: malformed, and with a missing user.
+            format!("{MINIMAL}[smtp]\nhost = \"m.x\"\npassword = {secret}\n"),
+            format!("{MINIMAL}[smtp]\nhost = \"m.x\"\npassword = \"{secret}\"\n"),
+            format!("{MINIMAL}[smtp]\nhost = \"m.x\"\npassword = \"{secret}\"\npassword_env = \"P\"\n"),
+        ];
+        for text in cases {
+            let err = load(&text).expect_err(&text);
+            let shown = err.to_string();
+            assert!(!shown.contains("SECRET"), "secret leaked: {shown}");
+            assert!(
+                !format!("{err:?}").contains("SECRET"),
+                "secret leaked in Debug: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn parser_messages_quoting_a_secret_are_detected() {
+        let line = "api_key = \"sk-live-abcdef\"";
+        assert!(leaks_secret("invalid value `live-abc`", line));
+        assert!(leaks_secret(
+            "invalid value `sk-live-abcdef`",
+            "threads = 2"
+        ));
+        assert!(leaks_secret(
+            "bad `hunter22`",
+            "  smtp.password = 'hunter22'"
+        ));
+        assert!(!leaks_secret("invalid string; expected `\"`", line));
+        assert!(!leaks_secret(
+            "invalid value `live-abc`",
+            "name = \"live-abc\""
+        ));
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_ignored() {
+        let config = load(&format!("\u{feff}{MINIMAL}")).unwrap();
+        assert_eq!(config.tenants.len(), 1);
+    }
+
+    #[test]
+    fn config_debug_hides_secrets() {
+        let config = load(MINIMAL).unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("sk-minimal-0000"), "{debug}");
+    }
+
+    #[test]
+    fn key_path_follows_table_headers() {
+        let text = "a = 1\n[server]\nlisten = 2\n[[tenants]]\nx = 1\n[[tenants]]\ny = [\n 1,\n]\n";
+        let offset = |needle: &str| text.find(needle).unwrap();
+        assert_eq!(key_path_at(text, 0).as_deref(), Some("a"));
+        assert_eq!(
+            key_path_at(text, offset("listen")).as_deref(),
+            Some("server.listen")
+        );
+        assert_eq!(
+            key_path_at(text, offset("x =")).as_deref(),
+            Some("tenants[0].x")
+        );
+        assert_eq!(
+            key_path_at(text, offset(" 1,")).as_deref(),
+            Some("tenants[1].y")
+        );
+    }
+}

@@ -1,0 +1,441 @@
+//! The Pingora service: one request's journey through the proxy.
+//!
+//! Every widget request is answered from `request_filter`: route, calling site, tenant, CORS,
+//! then the route's handler talks to the upstream through [`UpstreamClient`] and writes the
+//! answer itself (streams need async writes between upstream reads, which Pingora's body
+//! filters cannot do). `logging` writes the access line. [`RequestCtx`] carries what one
+//! request learned along the way.
+
+use crate::config::{Config, Tenant};
+use crate::dialect::{assistants, Signal};
+use crate::errors::{sanitize_retry_after, ApiError};
+use crate::origin::calling_site;
+use crate::relay::{LegEnd, Relay};
+use crate::request::parse_process_message;
+use crate::respond::{self, Written};
+use crate::routes::Route;
+use crate::runs::ActiveRuns;
+use crate::tenant::TenantDirectory;
+use crate::upstream::{UpstreamClient, UpstreamError, UpstreamRequest, UpstreamResponse};
+use async_trait::async_trait;
+use bytes::BytesMut;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType, Result};
+use pingora_proxy::{ProxyHttp, Session};
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a browser may take to send its request body.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Everything the request handlers share; built once at start-up.
+pub struct AppState {
+    pub config: Config,
+    pub tenants: TenantDirectory,
+    pub upstream: Arc<UpstreamClient>,
+    pub runs: Arc<ActiveRuns>,
+}
+
+impl AppState {
+    pub fn new(config: Config) -> std::result::Result<Arc<Self>, String> {
+        let tenants = TenantDirectory::build(&config.tenants)?;
+        let upstream = UpstreamClient::new(config.upstream.clone());
+        Ok(Arc::new(AppState {
+            config,
+            tenants,
+            upstream,
+            runs: ActiveRuns::new(),
+        }))
+    }
+}
+
+/// The proxy service.
+pub struct ChatbotProxy {
+    state: Arc<AppState>,
+}
+
+impl ChatbotProxy {
+    pub fn new(state: Arc<AppState>) -> Self {
+        ChatbotProxy { state }
+    }
+}
+
+/// What one request learned on its way through the proxy.
+pub struct RequestCtx {
+    started: Instant,
+    route: Option<Route>,
+    tenant: Option<Arc<Tenant>>,
+    /// The origin to echo in `Access-Control-Allow-Origin`, once the site is whitelisted.
+    cors_origin: Option<String>,
+    written: Written,
+    /// How a stream ended, for the access log.
+    outcome: &'static str,
+}
+
+impl RequestCtx {
+    fn cors(&self) -> Option<&str> {
+        self.cors_origin.as_deref()
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for ChatbotProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            route: None,
+            tenant: None,
+            cors_origin: None,
+            written: Written::default(),
+            outcome: "-",
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let written = self.handle(session, ctx).await;
+        ctx.written = written;
+        Ok(true)
+    }
+
+    async fn upstream_peer(&self, _: &mut Session, _: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        // Every request is answered in `request_filter`; reaching here is a bug.
+        Error::e_explain(
+            ErrorType::InternalError,
+            "no route proxies through upstream_peer",
+        )
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let client = session
+            .client_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "-".into());
+        log::info!(
+            "access client={} method={} route={} tenant={} status={} duration_ms={} bytes={} outcome={}",
+            client,
+            session.req_header().method,
+            ctx.route.map_or("-", Route::name),
+            ctx.tenant.as_ref().map_or("-", |t| t.name.as_str()),
+            ctx.written.status,
+            ctx.started.elapsed().as_millis(),
+            ctx.written.bytes,
+            ctx.outcome,
+        );
+    }
+}
+
+impl ChatbotProxy {
+    /// Route the request and answer it.
+    async fn handle(&self, session: &mut Session, ctx: &mut RequestCtx) -> Written {
+        let req = session.req_header();
+        let method = req.method.clone();
+        let route = Route::resolve(req.uri.path(), &self.state.config.server.prefix);
+        ctx.route = route;
+        let Some(route) = route else {
+            return respond::error(session, &ApiError::not_found(), None).await;
+        };
+        if route == Route::Health {
+            if !route.allows(method.as_str()) {
+                let err = ApiError::method_not_allowed(route.allowed_methods());
+                return respond::error(session, &err, None).await;
+            }
+            return respond::json(session, 200, br#"{"status":"ok"}"#.to_vec(), None, &[]).await;
+        }
+
+        // Who is calling? Nothing goes upstream for a site that is not whitelisted.
+        let site = match calling_site(
+            session.get_header("origin").map(|v| v.as_bytes()),
+            session.get_header("referer").map(|v| v.as_bytes()),
+        ) {
+            Ok(site) => site,
+            Err(why) => {
+                return respond::error(session, &ApiError::origin_not_allowed(why), None).await
+            }
+        };
+        let Some(tenant) = self.state.tenants.find(&site.host).cloned() else {
+            let err = ApiError::origin_not_allowed(format!("{} is not whitelisted", site.host));
+            return respond::error(session, &err, None).await;
+        };
+        ctx.tenant = Some(tenant.clone());
+        ctx.cors_origin = Some(site.origin);
+
+        if method == http::Method::OPTIONS {
+            return respond::preflight(session, ctx.cors().unwrap_or_default()).await;
+        }
+        if !route.allows(method.as_str()) {
+            let err = ApiError::method_not_allowed(route.allowed_methods());
+            return respond::error(session, &err, ctx.cors()).await;
+        }
+
+        let result = match route {
+            Route::CreateThread => self.create_thread(session, ctx, &tenant).await,
+            Route::ProcessMessage => self.process_message(session, ctx, &tenant).await,
+            Route::Health => unreachable!("answered above"),
+        };
+        match result {
+            Ok(written) => written,
+            Err(err) => respond::error(session, &err, ctx.cors()).await,
+        }
+    }
+
+    /// `create-thread`: a new conversation upstream, answered with `thread_id` beside `id`.
+    async fn create_thread(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        tenant: &Tenant,
+    ) -> Result<Written, ApiError> {
+        let response = self
+            .call(&assistants::create_thread(), tenant, false)
+            .await?;
+        let mut thread = response.json().await.map_err(upstream_failure)?;
+        let id = thread
+            .get("id")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| ApiError::upstream_error("the new thread has no id"))?;
+        thread["thread_id"] = Value::String(id);
+        let body = thread.to_string().into_bytes();
+        Ok(respond::json(session, 200, body, ctx.cors(), &[]).await)
+    }
+
+    /// `process-message`: add the message, start a streamed run, relay its events.
+    async fn process_message(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        tenant: &Tenant,
+    ) -> Result<Written, ApiError> {
+        let limits = &self.state.config.limits;
+        let body = read_body(session, limits.max_body_bytes).await?;
+        let turn = parse_process_message(&body, limits.max_message_chars, assistants::ID_RULE)?;
+        let _busy = self
+            .state
+            .runs
+            .try_start(&tenant.name, &turn.thread_id)
+            .ok_or_else(ApiError::run_active)?;
+
+        let added = self
+            .call(
+                &assistants::add_message(&turn.thread_id, &turn.message),
+                tenant,
+                true,
+            )
+            .await?;
+        added.read_all().await.map_err(upstream_failure)?;
+        let mut run = self
+            .call(
+                &assistants::start_run(&turn.thread_id, &tenant.assistant_id),
+                tenant,
+                true,
+            )
+            .await?;
+
+        let Some(mut relay) = Relay::start(session, ctx.cors()).await else {
+            ctx.outcome = "client_gone";
+            return Ok(Written {
+                status: 200,
+                bytes: 0,
+            });
+        };
+        let end = relay.pump(&mut run, assistants::classify).await;
+        ctx.outcome = finish_stream(&mut relay, end, run).await;
+        Ok(Written {
+            status: 200,
+            bytes: relay.bytes_sent,
+        })
+    }
+
+    /// Send one upstream request and check its status; a failure becomes the widget's error.
+    async fn call(
+        &self,
+        req: &UpstreamRequest,
+        tenant: &Tenant,
+        thread_scoped: bool,
+    ) -> Result<UpstreamResponse, ApiError> {
+        let response = self
+            .state
+            .upstream
+            .send(req, &tenant.api_key)
+            .await
+            .map_err(upstream_failure)?;
+        if response.is_success() {
+            return Ok(response);
+        }
+        let status = response.status;
+        let retry_after = response.retry_after.clone();
+        // The body only tells us which error it is; it is never passed on.
+        let body = response.json().await.unwrap_or(Value::Null);
+        log::warn!(
+            "upstream answered {status} to {} {} for tenant {}",
+            req.method,
+            req.path,
+            tenant.name
+        );
+        Err(map_upstream_status(
+            status,
+            retry_after,
+            &body,
+            thread_scoped,
+        ))
+    }
+}
+
+/// Close a relayed stream according to how its upstream leg ended; returns the log outcome.
+async fn finish_stream(relay: &mut Relay<'_>, end: LegEnd, run: UpstreamResponse) -> &'static str {
+    match end {
+        LegEnd::Done { last }
+        | LegEnd::EndedEarly {
+            last: last @ Some(_),
+        } => {
+            run.release_in_background();
+            relay.finish().await;
+            match last {
+                Some(Signal::Completed) => "completed",
+                Some(Signal::Ended(_)) => "run_ended",
+                Some(Signal::RequiresAction) => "requires_action",
+                _ => "done",
+            }
+        }
+        LegEnd::ErrorEvent => {
+            relay.finish().await;
+            "upstream_error_event"
+        }
+        LegEnd::EndedEarly { last: None } => {
+            relay
+                .fail(
+                    "upstream_stream_failed",
+                    "The assistant's answer ended unexpectedly.",
+                )
+                .await;
+            "upstream_ended_early"
+        }
+        LegEnd::Broken(e) => {
+            log::warn!("stream broken: {e}");
+            let message = match e {
+                UpstreamError::Timeout(_) => "The assistant stopped answering in time.",
+                _ => "The connection to the assistant broke.",
+            };
+            relay.fail("upstream_stream_failed", message).await;
+            "upstream_broken"
+        }
+        LegEnd::Garbled => {
+            relay
+                .fail(
+                    "upstream_stream_failed",
+                    "The assistant sent an unreadable stream.",
+                )
+                .await;
+            "upstream_garbled"
+        }
+        LegEnd::ClientGone => "client_gone",
+    }
+}
+
+/// Read the request body, refusing more than `limit` bytes.
+async fn read_body(session: &mut Session, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    let declared = session
+        .get_header("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::body_too_large(limit));
+    }
+    let mut body = BytesMut::new();
+    loop {
+        let chunk = tokio::time::timeout(BODY_READ_TIMEOUT, session.read_request_body())
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    408,
+                    "request_timeout",
+                    "The request body was not received in time.",
+                )
+            })?
+            .map_err(|_| ApiError::invalid_request("The request body could not be read."))?;
+        let Some(chunk) = chunk else { break };
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::body_too_large(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// A failed exchange (no usable answer) as the widget's error.
+fn upstream_failure(e: UpstreamError) -> ApiError {
+    log::warn!("{e}");
+    match e {
+        UpstreamError::Timeout(_) => ApiError::upstream_timeout(),
+        UpstreamError::Unreachable(_) => ApiError::upstream_unreachable(),
+        UpstreamError::Broken(_) | UpstreamError::TooLarge => {
+            ApiError::upstream_error("its answer could not be read")
+        }
+    }
+}
+
+/// An upstream error status as the widget's error.
+fn map_upstream_status(
+    status: u16,
+    retry_after: Option<String>,
+    body: &Value,
+    thread_scoped: bool,
+) -> ApiError {
+    match status {
+        401 | 403 => ApiError::upstream_auth_failed(),
+        404 if thread_scoped => ApiError::thread_not_found(),
+        409 => ApiError::run_active(),
+        400 if assistants::is_run_active_error(body) => ApiError::run_active(),
+        429 => ApiError::rate_limited(retry_after.as_deref().and_then(sanitize_retry_after)),
+        s => ApiError::upstream_error(format!("it answered with status {s}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn upstream_statuses_map_to_widget_errors() {
+        let none = Value::Null;
+        assert_eq!(
+            map_upstream_status(401, None, &none, false).code,
+            "upstream_auth_failed"
+        );
+        assert_eq!(map_upstream_status(403, None, &none, true).status, 502);
+        assert_eq!(
+            map_upstream_status(404, None, &none, true).code,
+            "thread_not_found"
+        );
+        assert_eq!(map_upstream_status(404, None, &none, false).status, 502);
+        let limited = map_upstream_status(429, Some("7".into()), &none, true);
+        assert_eq!(
+            (limited.status, limited.retry_after.as_deref()),
+            (429, Some("7"))
+        );
+        assert_eq!(
+            map_upstream_status(500, None, &none, true).code,
+            "upstream_error"
+        );
+        let busy = json!({"error": {"message": "Can't add messages to thread_a while a run run_b is active."}});
+        assert_eq!(
+            map_upstream_status(400, None, &busy, true).code,
+            "run_active"
+        );
+        assert_eq!(map_upstream_status(400, None, &none, true).status, 502);
+    }
+
+    #[test]
+    fn failed_exchanges_map_to_gateway_errors() {
+        assert_eq!(upstream_failure(UpstreamError::Timeout("x")).status, 504);
+        assert_eq!(
+            upstream_failure(UpstreamError::Unreachable("refused".into())).code,
+            "upstream_unreachable"
+        );
+        assert_eq!(upstream_failure(UpstreamError::TooLarge).status, 502);
+    }
+}

@@ -1,0 +1,108 @@
+//! Which tenant a calling site belongs to.
+//!
+//! Built once at start-up from the configured tenants. A host is looked up among exact
+//! domains first, then among `*.` wildcards from the most specific down, so a tenant that
+//! lists `shop.example.com` wins over one that lists `*.example.com`.
+
+use crate::config::Tenant;
+use crate::origin::DomainPattern;
+use std::sync::Arc;
+
+/// All tenants, indexed by domain.
+pub struct TenantDirectory {
+    /// Patterns with their tenant, exact domains first, then wildcards longest first.
+    patterns: Vec<(DomainPattern, Arc<Tenant>)>,
+    tenants: Vec<Arc<Tenant>>,
+}
+
+impl TenantDirectory {
+    /// Index `tenants`; an invalid domain pattern is an error naming the tenant.
+    pub fn build(tenants: &[Tenant]) -> Result<Self, String> {
+        let mut ranked = Vec::new();
+        let mut all = Vec::new();
+        for tenant in tenants {
+            let tenant = Arc::new(tenant.clone());
+            for domain in &tenant.domains {
+                let pattern = DomainPattern::parse(domain)
+                    .map_err(|e| format!("tenant `{}`: domain `{domain}`: {e}", tenant.name))?;
+                let wildcard = domain.starts_with("*.");
+                ranked.push((
+                    wildcard,
+                    std::cmp::Reverse(domain.len()),
+                    pattern,
+                    tenant.clone(),
+                ));
+            }
+            all.push(tenant);
+        }
+        ranked.sort_by_key(|r| (r.0, r.1));
+        Ok(TenantDirectory {
+            patterns: ranked.into_iter().map(|(_, _, p, t)| (p, t)).collect(),
+            tenants: all,
+        })
+    }
+
+    /// The tenant serving `host` (already normalized by [`crate::origin::calling_site`]).
+    pub fn find(&self, host: &str) -> Option<&Arc<Tenant>> {
+        self.patterns
+            .iter()
+            .find(|(pattern, _)| pattern.matches(host))
+            .map(|(_, tenant)| tenant)
+    }
+
+    pub fn len(&self) -> usize {
+        self.tenants.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tenants.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    fn tenant(name: &str, domains: &[&str]) -> Tenant {
+        Tenant {
+            name: name.into(),
+            domains: domains.iter().map(|d| d.to_string()).collect(),
+            api_key: Secret::new(format!("sk-{name}")),
+            assistant_id: format!("asst_{name}"),
+            lead_recipients: vec![],
+        }
+    }
+
+    #[test]
+    fn exact_domains_win_over_wildcards() {
+        let dir = TenantDirectory::build(&[
+            tenant("wild", &["*.example.com"]),
+            tenant("shop", &["shop.example.com"]),
+        ])
+        .unwrap();
+        assert_eq!(dir.find("shop.example.com").unwrap().name, "shop");
+        assert_eq!(dir.find("blog.example.com").unwrap().name, "wild");
+        assert!(dir.find("example.com").is_none());
+        assert!(dir.find("evilexample.com").is_none());
+    }
+
+    #[test]
+    fn the_more_specific_wildcard_wins() {
+        let dir = TenantDirectory::build(&[
+            tenant("outer", &["*.example.com"]),
+            tenant("inner", &["*.eu.example.com"]),
+        ])
+        .unwrap();
+        assert_eq!(dir.find("shop.eu.example.com").unwrap().name, "inner");
+        assert_eq!(dir.find("shop.us.example.com").unwrap().name, "outer");
+    }
+
+    #[test]
+    fn invalid_patterns_name_the_tenant() {
+        let err = TenantDirectory::build(&[tenant("acme", &["*"])])
+            .err()
+            .unwrap();
+        assert!(err.contains("acme"), "{err}");
+    }
+}

@@ -1,0 +1,395 @@
+//! The HTTP client that talks to OpenAI (or the stub).
+//!
+//! Built on Pingora's own `Connector` (rustls, connection pooling). Every call gets a fresh
+//! request header with the tenant's key; the response is either read whole (small JSON
+//! answers) or chunk by chunk (streams), with a first-byte timeout and an idle timeout between
+//! chunks. A connection goes back to the pool only when its response was read to the end.
+
+mod dns;
+
+use crate::config::{Secret, UpstreamSettings};
+use bytes::{Bytes, BytesMut};
+use http::Method;
+use pingora::connectors::http::Connector;
+use pingora::http::RequestHeader;
+use pingora::protocols::http::client::HttpSession;
+use pingora::upstreams::peer::HttpPeer;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::timeout;
+
+pub use dns::Resolver;
+
+/// Largest non-streamed upstream body read into memory.
+const MAX_JSON_BODY: usize = 4 * 1024 * 1024;
+
+/// One request to the upstream API.
+#[derive(Debug, Clone)]
+pub struct UpstreamRequest {
+    pub method: Method,
+    /// Path below the base URL, e.g. `/threads/thread_abc/runs`.
+    pub path: String,
+    /// JSON body, if any.
+    pub body: Option<Bytes>,
+    /// Extra headers, e.g. `OpenAI-Beta`.
+    pub headers: Vec<(&'static str, &'static str)>,
+    /// Whether an event stream is expected (sets `Accept: text/event-stream`).
+    pub stream: bool,
+}
+
+impl UpstreamRequest {
+    /// A JSON `POST`.
+    pub fn post(path: impl Into<String>, body: &serde_json::Value) -> Self {
+        UpstreamRequest {
+            method: Method::POST,
+            path: path.into(),
+            body: Some(Bytes::from(body.to_string())),
+            headers: Vec::new(),
+            stream: false,
+        }
+    }
+
+    /// A `GET`.
+    pub fn get(path: impl Into<String>) -> Self {
+        UpstreamRequest {
+            method: Method::GET,
+            path: path.into(),
+            body: None,
+            headers: Vec::new(),
+            stream: false,
+        }
+    }
+
+    pub fn header(mut self, name: &'static str, value: &'static str) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
+    pub fn streaming(mut self) -> Self {
+        self.stream = true;
+        self
+    }
+}
+
+/// Why an upstream exchange failed (never carries upstream bodies or headers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamError {
+    /// The upstream could not be resolved or connected to.
+    Unreachable(String),
+    /// A timeout expired; the text names the stage.
+    Timeout(&'static str),
+    /// The connection broke or the upstream spoke bad HTTP.
+    Broken(String),
+    /// A non-streamed body was larger than we accept.
+    TooLarge,
+}
+
+impl fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UpstreamError::Unreachable(why) => write!(f, "upstream unreachable: {why}"),
+            UpstreamError::Timeout(stage) => write!(f, "upstream timed out {stage}"),
+            UpstreamError::Broken(why) => write!(f, "upstream connection failed: {why}"),
+            UpstreamError::TooLarge => f.write_str("upstream body too large"),
+        }
+    }
+}
+
+/// The shared upstream client: one per process.
+pub struct UpstreamClient {
+    connector: Connector,
+    settings: UpstreamSettings,
+    resolver: Resolver,
+}
+
+impl UpstreamClient {
+    pub fn new(settings: UpstreamSettings) -> Arc<Self> {
+        Arc::new(UpstreamClient {
+            connector: Connector::new(None),
+            settings,
+            resolver: Resolver::new(),
+        })
+    }
+
+    pub fn settings(&self) -> &UpstreamSettings {
+        &self.settings
+    }
+
+    fn peer(&self, addr: std::net::SocketAddr) -> HttpPeer {
+        let s = &self.settings;
+        let mut peer = HttpPeer::new(addr, s.tls, s.host.clone());
+        peer.options.connection_timeout = Some(s.connect_timeout);
+        peer.options.total_connection_timeout = Some(s.connect_timeout * 2);
+        peer.options.idle_timeout = Some(s.pool_idle_timeout);
+        peer
+    }
+
+    fn request_header(
+        &self,
+        req: &UpstreamRequest,
+        key: &Secret,
+    ) -> Result<RequestHeader, UpstreamError> {
+        let s = &self.settings;
+        let path = format!("{}{}", s.base_path, req.path);
+        let bad = |e: pingora::BError| UpstreamError::Broken(format!("building request: {e}"));
+        let mut h =
+            RequestHeader::build(req.method.clone(), path.as_bytes(), Some(8)).map_err(bad)?;
+        let default_port = if s.tls { 443 } else { 80 };
+        let host = if s.port == default_port {
+            host_for_header(&s.host)
+        } else {
+            format!("{}:{}", host_for_header(&s.host), s.port)
+        };
+        h.insert_header("Host", host).map_err(bad)?;
+        h.insert_header("Authorization", format!("Bearer {}", key.expose()))
+            .map_err(bad)?;
+        h.insert_header(
+            "User-Agent",
+            concat!("chatbot-proxy/", env!("CARGO_PKG_VERSION")),
+        )
+        .map_err(bad)?;
+        h.insert_header(
+            "Accept",
+            if req.stream {
+                "text/event-stream"
+            } else {
+                "application/json"
+            },
+        )
+        .map_err(bad)?;
+        for (name, value) in &req.headers {
+            h.insert_header(*name, *value).map_err(bad)?;
+        }
+        match &req.body {
+            Some(body) => {
+                h.insert_header("Content-Type", "application/json")
+                    .map_err(bad)?;
+                h.insert_header("Content-Length", body.len().to_string())
+                    .map_err(bad)?;
+            }
+            None if req.method == Method::POST => {
+                h.insert_header("Content-Length", "0").map_err(bad)?;
+            }
+            None => {}
+        }
+        Ok(h)
+    }
+
+    /// Send `req` with the tenant's `key` and wait for the response header.
+    ///
+    /// A pooled connection that turns out to be dead before any response byte is retried once
+    /// on a fresh connection.
+    pub async fn send(
+        self: &Arc<Self>,
+        req: &UpstreamRequest,
+        key: &Secret,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let s = &self.settings;
+        let addr = self
+            .resolver
+            .resolve(&s.host, s.port)
+            .await
+            .map_err(|e| UpstreamError::Unreachable(format!("resolving {}: {e}", s.host)))?;
+        let peer = self.peer(addr);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (mut session, reused) = self
+                .connector
+                .get_http_session(&peer)
+                .await
+                .map_err(|e| classify_connect_error(&e))?;
+            match self.exchange(&mut session, req, key).await {
+                Ok(()) => {
+                    let header = session
+                        .response_header()
+                        .ok_or_else(|| UpstreamError::Broken("no response header".into()))?;
+                    let status = header.status.as_u16();
+                    let retry_after = header
+                        .headers
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    return Ok(UpstreamResponse {
+                        client: self.clone(),
+                        session: Some(session),
+                        peer,
+                        status,
+                        retry_after,
+                        finished: false,
+                    });
+                }
+                Err(e) if reused && attempt == 1 && !matches!(e, UpstreamError::Timeout(_)) => {
+                    log::debug!("pooled upstream connection failed ({e}); retrying on a new one");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn exchange(
+        &self,
+        session: &mut HttpSession,
+        req: &UpstreamRequest,
+        key: &Secret,
+    ) -> Result<(), UpstreamError> {
+        let s = &self.settings;
+        let header = self.request_header(req, key)?;
+        within(
+            s.first_byte_timeout,
+            "sending the request",
+            session.write_request_header(Box::new(header)),
+        )
+        .await?;
+        if let Some(body) = &req.body {
+            within(
+                s.first_byte_timeout,
+                "sending the request",
+                session.write_request_body(body.clone(), true),
+            )
+            .await?;
+        }
+        within(
+            s.first_byte_timeout,
+            "sending the request",
+            session.finish_request_body(),
+        )
+        .await?;
+        within(
+            s.first_byte_timeout,
+            "waiting for the response",
+            session.read_response_header(),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// Run a Pingora I/O future under a timeout, mapping both failure kinds.
+async fn within<T>(
+    limit: Duration,
+    stage: &'static str,
+    fut: impl Future<Output = pingora::Result<T>>,
+) -> Result<T, UpstreamError> {
+    match timeout(limit, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(UpstreamError::Broken(format!(
+            "{stage}: {}",
+            e.etype().as_str()
+        ))),
+        Err(_) => Err(UpstreamError::Timeout(stage)),
+    }
+}
+
+fn classify_connect_error(e: &pingora::Error) -> UpstreamError {
+    use pingora::ErrorType::*;
+    match e.etype() {
+        ConnectTimedout | TLSHandshakeTimedout => UpstreamError::Timeout("connecting"),
+        other => UpstreamError::Unreachable(other.as_str().to_string()),
+    }
+}
+
+fn host_for_header(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
+}
+
+/// An upstream response whose header has arrived; its body is read from here.
+pub struct UpstreamResponse {
+    client: Arc<UpstreamClient>,
+    session: Option<HttpSession>,
+    peer: HttpPeer,
+    /// HTTP status of the upstream answer.
+    pub status: u16,
+    /// The upstream `Retry-After`, raw (sanitize before passing on).
+    pub retry_after: Option<String>,
+    finished: bool,
+}
+
+impl UpstreamResponse {
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// The next body chunk, `None` at the end of the body. Waits at most the idle timeout.
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, UpstreamError> {
+        let idle = self.client.settings.idle_timeout;
+        let Some(session) = self.session.as_mut() else {
+            return Ok(None);
+        };
+        match timeout(idle, session.read_response_body()).await {
+            Ok(Ok(Some(chunk))) => Ok(Some(chunk)),
+            Ok(Ok(None)) => {
+                self.finished = true;
+                self.release().await;
+                Ok(None)
+            }
+            Ok(Err(e)) => {
+                self.session = None;
+                Err(UpstreamError::Broken(format!(
+                    "reading the body: {}",
+                    e.etype().as_str()
+                )))
+            }
+            Err(_) => {
+                self.session = None;
+                Err(UpstreamError::Timeout("between two chunks of the body"))
+            }
+        }
+    }
+
+    /// Read the whole (JSON) body.
+    pub async fn read_all(mut self) -> Result<Bytes, UpstreamError> {
+        let mut body = BytesMut::new();
+        while let Some(chunk) = self.next_chunk().await? {
+            if body.len() + chunk.len() > MAX_JSON_BODY {
+                return Err(UpstreamError::TooLarge);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body.freeze())
+    }
+
+    /// Read the whole body as JSON.
+    pub async fn json(self) -> Result<serde_json::Value, UpstreamError> {
+        let body = self.read_all().await?;
+        serde_json::from_slice(&body)
+            .map_err(|_| UpstreamError::Broken("the body is not JSON".into()))
+    }
+
+    /// Finish with the response: a completed one goes back to the pool, one that was left
+    /// half-read is closed (its remaining body is of no use to anyone).
+    pub async fn release(&mut self) {
+        if let Some(session) = self.session.take() {
+            if self.finished {
+                let idle = self.client.settings.pool_idle_timeout;
+                self.client
+                    .connector
+                    .release_http_session(session, &self.peer, Some(idle))
+                    .await;
+            }
+        }
+    }
+
+    /// After the last event we care about: give the upstream a moment to end the body so the
+    /// connection can be pooled, without keeping the caller waiting.
+    pub fn release_in_background(mut self) {
+        if self.session.is_none() {
+            return;
+        }
+        tokio::spawn(async move {
+            let grace = Duration::from_secs(2);
+            let _ = timeout(grace, async {
+                while let Ok(Some(_)) = self.next_chunk().await {}
+            })
+            .await;
+            self.release().await;
+        });
+    }
+}
