@@ -7,14 +7,20 @@
 //! - [`routes`], [`request`], [`errors`], [`respond`]: the widget-facing HTTP API.
 //! - [`dialect`]: how widget operations map to an upstream API (one module per API).
 //! - [`upstream`]: the HTTP client to OpenAI, on Pingora's connector.
-//! - [`sse`] and [`relay`]: event-stream framing, and streaming it to the browser.
+//! - [`sse`], [`widget`] and [`relay`]: event-stream framing (upstream's, the old widget's),
+//!   and streaming it to the browser.
+//! - [`turn`]: one answer across upstream streams, with tool calls in between.
+//! - [`leads`]: the lead tool: validation, durable journal, e-mail delivery, caps.
 //! - [`runs`]: one answer at a time per conversation.
-//! - [`proxy`] and [`server`]: the Pingora service and the process around it.
+//! - [`proxy`] and [`server`]: the Pingora service and the process around it; [`logging`]
+//!   keeps secrets out of every log line.
 //! - [`stub`]: a stand-in for OpenAI's API, for tests, the demo and benchmarks.
 
 pub mod config;
 pub mod dialect;
 pub mod errors;
+pub mod leads;
+pub mod logging;
 pub mod origin;
 pub mod proxy;
 pub mod relay;
@@ -26,4 +32,6 @@ pub mod server;
 pub mod sse;
 pub mod stub;
 pub mod tenant;
+pub mod turn;
 pub mod upstream;
+pub mod widget;

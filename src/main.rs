@@ -1,7 +1,7 @@
 //! The `chatbot-proxy` command: run the proxy, check a configuration, or run the stub
 //! upstream (alone, or with the proxy as a demo).
 
-use chatbot_proxy::{config, server, stub};
+use chatbot_proxy::{config, logging, server, stub};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,7 +46,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    logging::init();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Stub { listen, threads }) => {
@@ -87,6 +87,12 @@ fn run_proxy(path: Option<PathBuf>, test_only: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    for tenant in &config.tenants {
+        logging::register_secret(tenant.api_key.expose());
+    }
+    if let Some(password) = config.smtp.as_ref().and_then(|s| s.password.as_ref()) {
+        logging::register_secret(password.expose());
+    }
     // Domain patterns are checked when the tenant directory is built: do it for --test too.
     if let Err(e) = chatbot_proxy::tenant::TenantDirectory::build(&config.tenants) {
         eprintln!("error: {e}");

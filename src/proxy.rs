@@ -6,16 +6,18 @@
 //! filters cannot do). `logging` writes the access line. [`RequestCtx`] carries what one
 //! request learned along the way.
 
-use crate::config::{Config, Tenant};
-use crate::dialect::{assistants, Signal};
+use crate::config::{Config, StreamFormat, Tenant};
+use crate::dialect::Dialect;
 use crate::errors::{sanitize_retry_after, ApiError};
+use crate::leads::LeadDesk;
 use crate::origin::calling_site;
-use crate::relay::{LegEnd, Relay};
+use crate::relay::{Framing, Relay};
 use crate::request::parse_process_message;
 use crate::respond::{self, Written};
 use crate::routes::Route;
 use crate::runs::ActiveRuns;
 use crate::tenant::TenantDirectory;
+use crate::turn::Turn;
 use crate::upstream::{UpstreamClient, UpstreamError, UpstreamRequest, UpstreamResponse};
 use async_trait::async_trait;
 use bytes::BytesMut;
@@ -35,17 +37,21 @@ pub struct AppState {
     pub tenants: TenantDirectory,
     pub upstream: Arc<UpstreamClient>,
     pub runs: Arc<ActiveRuns>,
+    pub leads: Arc<LeadDesk>,
 }
 
 impl AppState {
+    /// Everything the proxy needs at run time; opens the lead journal.
     pub fn new(config: Config) -> std::result::Result<Arc<Self>, String> {
         let tenants = TenantDirectory::build(&config.tenants)?;
         let upstream = UpstreamClient::new(config.upstream.clone());
+        let leads = LeadDesk::open(&config.leads, config.smtp.as_ref())?;
         Ok(Arc::new(AppState {
             config,
             tenants,
             upstream,
             runs: ActiveRuns::new(),
+            leads,
         }))
     }
 }
@@ -66,7 +72,7 @@ pub struct RequestCtx {
     started: Instant,
     route: Option<Route>,
     tenant: Option<Arc<Tenant>>,
-    /// The origin to echo in `Access-Control-Allow-Origin`, once the site is whitelisted.
+    /// The calling site's origin, once whitelisted: echoed in `Access-Control-Allow-Origin`.
     cors_origin: Option<String>,
     written: Written,
     /// How a stream ended, for the access log.
@@ -134,33 +140,41 @@ impl ChatbotProxy {
         let method = req.method.clone();
         let route = Route::resolve(req.uri.path(), &self.state.config.server.prefix);
         ctx.route = route;
-        let Some(route) = route else {
-            return respond::error(session, &ApiError::not_found(), None).await;
-        };
-        if route == Route::Health {
-            if !route.allows(method.as_str()) {
-                let err = ApiError::method_not_allowed(route.allowed_methods());
+        if route == Some(Route::Health) {
+            if !Route::Health.allows(method.as_str()) {
+                let err = ApiError::method_not_allowed(Route::Health.allowed_methods());
                 return respond::error(session, &err, None).await;
             }
             return respond::json(session, 200, br#"{"status":"ok"}"#.to_vec(), None, &[]).await;
         }
 
         // Who is calling? Nothing goes upstream for a site that is not whitelisted.
-        let site = match calling_site(
+        let site = calling_site(
             session.get_header("origin").map(|v| v.as_bytes()),
             session.get_header("referer").map(|v| v.as_bytes()),
-        ) {
-            Ok(site) => site,
-            Err(why) => {
+        );
+        let tenant = site
+            .as_ref()
+            .ok()
+            .and_then(|site| self.state.tenants.find(&site.host))
+            .cloned();
+        if let (Ok(site), Some(tenant)) = (&site, &tenant) {
+            ctx.tenant = Some(tenant.clone());
+            ctx.cors_origin = Some(site.origin.clone());
+        }
+        let Some(route) = route else {
+            return respond::error(session, &ApiError::not_found(), ctx.cors()).await;
+        };
+        let tenant = match (site, tenant) {
+            (Ok(_), Some(tenant)) => tenant,
+            (Err(why), _) => {
                 return respond::error(session, &ApiError::origin_not_allowed(why), None).await
             }
+            (Ok(site), None) => {
+                let why = format!("{} is not whitelisted", site.host);
+                return respond::error(session, &ApiError::origin_not_allowed(why), None).await;
+            }
         };
-        let Some(tenant) = self.state.tenants.find(&site.host).cloned() else {
-            let err = ApiError::origin_not_allowed(format!("{} is not whitelisted", site.host));
-            return respond::error(session, &err, None).await;
-        };
-        ctx.tenant = Some(tenant.clone());
-        ctx.cors_origin = Some(site.origin);
 
         if method == http::Method::OPTIONS {
             return respond::preflight(session, ctx.cors().unwrap_or_default()).await;
@@ -188,61 +202,66 @@ impl ChatbotProxy {
         ctx: &RequestCtx,
         tenant: &Tenant,
     ) -> Result<Written, ApiError> {
+        let dialect = Dialect::of(tenant);
         let response = self
-            .call(&assistants::create_thread(), tenant, false)
+            .call(&dialect.create_conversation(tenant), tenant, false)
             .await?;
         let mut thread = response.json().await.map_err(upstream_failure)?;
         let id = thread
             .get("id")
             .and_then(Value::as_str)
+            .filter(|id| dialect.id_rule().accepts(id))
             .map(str::to_string)
-            .ok_or_else(|| ApiError::upstream_error("the new thread has no id"))?;
+            .ok_or_else(|| ApiError::upstream_error("the new conversation has no valid id"))?;
         thread["thread_id"] = Value::String(id);
         let body = thread.to_string().into_bytes();
         Ok(respond::json(session, 200, body, ctx.cors(), &[]).await)
     }
 
-    /// `process-message`: add the message, start a streamed run, relay its events.
+    /// `process-message`: add the message, start a streamed answer, relay it.
     async fn process_message(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
         tenant: &Tenant,
     ) -> Result<Written, ApiError> {
+        let dialect = Dialect::of(tenant);
         let limits = &self.state.config.limits;
         let body = read_body(session, limits.max_body_bytes).await?;
-        let turn = parse_process_message(&body, limits.max_message_chars, assistants::ID_RULE)?;
+        let turn = parse_process_message(&body, limits.max_message_chars, dialect.id_rule())?;
         let _busy = self
             .state
             .runs
             .try_start(&tenant.name, &turn.thread_id)
             .ok_or_else(ApiError::run_active)?;
 
-        let added = self
-            .call(
-                &assistants::add_message(&turn.thread_id, &turn.message),
-                tenant,
-                true,
-            )
-            .await?;
-        added.read_all().await.map_err(upstream_failure)?;
-        let mut run = self
-            .call(
-                &assistants::start_run(&turn.thread_id, &tenant.assistant_id),
-                tenant,
-                true,
-            )
-            .await?;
+        if let Some(prepare) = dialect.prepare_turn(&turn.thread_id, &turn.message) {
+            let prepared = self.call(&prepare, tenant, true).await?;
+            prepared.read_all().await.map_err(upstream_failure)?;
+        }
+        let start = dialect.start_turn(tenant, &turn.thread_id, &turn.message);
+        let upstream = self.call(&start, tenant, true).await?;
 
-        let Some(mut relay) = Relay::start(session, ctx.cors()).await else {
+        let framing = match tenant.stream_format {
+            StreamFormat::OpenAi => Framing::Raw,
+            StreamFormat::WidgetV1 => Framing::WidgetV1(dialect),
+        };
+        let site = ctx.cors_origin.clone().unwrap_or_default();
+        let Some(mut relay) = Relay::start(session, ctx.cors(), framing).await else {
             ctx.outcome = "client_gone";
             return Ok(Written {
                 status: 200,
                 bytes: 0,
             });
         };
-        let end = relay.pump(&mut run, assistants::classify).await;
-        ctx.outcome = finish_stream(&mut relay, end, run).await;
+        let turn = Turn {
+            state: &self.state,
+            tenant,
+            dialect,
+            conversation: &turn.thread_id,
+            site: &site,
+        };
+        ctx.outcome = turn.stream(&mut relay, upstream).await;
         Ok(Written {
             status: 200,
             bytes: relay.bytes_sent,
@@ -275,63 +294,13 @@ impl ChatbotProxy {
             req.path,
             tenant.name
         );
+        let busy = Dialect::of(tenant).is_busy_error(&body);
         Err(map_upstream_status(
             status,
             retry_after,
-            &body,
+            busy,
             thread_scoped,
         ))
-    }
-}
-
-/// Close a relayed stream according to how its upstream leg ended; returns the log outcome.
-async fn finish_stream(relay: &mut Relay<'_>, end: LegEnd, run: UpstreamResponse) -> &'static str {
-    match end {
-        LegEnd::Done { last }
-        | LegEnd::EndedEarly {
-            last: last @ Some(_),
-        } => {
-            run.release_in_background();
-            relay.finish().await;
-            match last {
-                Some(Signal::Completed) => "completed",
-                Some(Signal::Ended(_)) => "run_ended",
-                Some(Signal::RequiresAction) => "requires_action",
-                _ => "done",
-            }
-        }
-        LegEnd::ErrorEvent => {
-            relay.finish().await;
-            "upstream_error_event"
-        }
-        LegEnd::EndedEarly { last: None } => {
-            relay
-                .fail(
-                    "upstream_stream_failed",
-                    "The assistant's answer ended unexpectedly.",
-                )
-                .await;
-            "upstream_ended_early"
-        }
-        LegEnd::Broken(e) => {
-            log::warn!("stream broken: {e}");
-            let message = match e {
-                UpstreamError::Timeout(_) => "The assistant stopped answering in time.",
-                _ => "The connection to the assistant broke.",
-            };
-            relay.fail("upstream_stream_failed", message).await;
-            "upstream_broken"
-        }
-        LegEnd::Garbled => {
-            relay
-                .fail(
-                    "upstream_stream_failed",
-                    "The assistant sent an unreadable stream.",
-                )
-                .await;
-            "upstream_garbled"
-        }
-        LegEnd::ClientGone => "client_gone",
     }
 }
 
@@ -378,17 +347,18 @@ fn upstream_failure(e: UpstreamError) -> ApiError {
 }
 
 /// An upstream error status as the widget's error.
+/// `busy`: the body says the conversation is busy with another answer.
 fn map_upstream_status(
     status: u16,
     retry_after: Option<String>,
-    body: &Value,
+    busy: bool,
     thread_scoped: bool,
 ) -> ApiError {
     match status {
         401 | 403 => ApiError::upstream_auth_failed(),
         404 if thread_scoped => ApiError::thread_not_found(),
         409 => ApiError::run_active(),
-        400 if assistants::is_run_active_error(body) => ApiError::run_active(),
+        400 if busy => ApiError::run_active(),
         429 => ApiError::rate_limited(retry_after.as_deref().and_then(sanitize_retry_after)),
         s => ApiError::upstream_error(format!("it answered with status {s}")),
     }
@@ -397,36 +367,25 @@ fn map_upstream_status(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn upstream_statuses_map_to_widget_errors() {
-        let none = Value::Null;
-        assert_eq!(
-            map_upstream_status(401, None, &none, false).code,
-            "upstream_auth_failed"
-        );
-        assert_eq!(map_upstream_status(403, None, &none, true).status, 502);
-        assert_eq!(
-            map_upstream_status(404, None, &none, true).code,
-            "thread_not_found"
-        );
-        assert_eq!(map_upstream_status(404, None, &none, false).status, 502);
-        let limited = map_upstream_status(429, Some("7".into()), &none, true);
+        let code = |status, busy, scoped| map_upstream_status(status, None, busy, scoped).code;
+        assert_eq!(code(401, false, false), "upstream_auth_failed");
+        assert_eq!(code(403, false, true), "upstream_auth_failed");
+        assert_eq!(map_upstream_status(403, None, false, true).status, 502);
+        assert_eq!(code(404, false, true), "thread_not_found");
+        assert_eq!(map_upstream_status(404, None, false, false).status, 502);
+        let limited = map_upstream_status(429, Some("7".into()), false, true);
         assert_eq!(
             (limited.status, limited.retry_after.as_deref()),
             (429, Some("7"))
         );
-        assert_eq!(
-            map_upstream_status(500, None, &none, true).code,
-            "upstream_error"
-        );
-        let busy = json!({"error": {"message": "Can't add messages to thread_a while a run run_b is active."}});
-        assert_eq!(
-            map_upstream_status(400, None, &busy, true).code,
-            "run_active"
-        );
-        assert_eq!(map_upstream_status(400, None, &none, true).status, 502);
+        let smuggled = map_upstream_status(429, Some("7\r\nX: y".into()), false, true);
+        assert_eq!(smuggled.retry_after, None);
+        assert_eq!(code(500, false, true), "upstream_error");
+        assert_eq!(code(400, true, true), "run_active");
+        assert_eq!(map_upstream_status(400, None, false, true).status, 502);
     }
 
     #[test]

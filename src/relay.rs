@@ -1,18 +1,29 @@
 //! The stream relay: upstream event-stream bytes to the browser, as they arrive.
 //!
-//! Each upstream chunk is written to the client unchanged and at once (Pingora flushes every
-//! chunk of a chunked body). Beside that, the same bytes go through the SSE parser so the
-//! relay knows when the run ended, failed or was cut. A broken upstream ends the client
-//! response with a final `event: error`; a client that goes away ends the upstream read, which
-//! closes that upstream connection.
+//! In the `openai` framing each upstream chunk is written to the client unchanged and at once
+//! (Pingora flushes every chunk of a chunked body); in the `widget-v1` framing each event the
+//! widget knows is translated and written on its own. Either way the same bytes go through the
+//! SSE parser and the dialect's [`EventReader`], so the relay knows when the run ended, failed,
+//! was cut, or waits for tool outputs. After a `requires_action` the rest of that upstream
+//! stream (its `done`) is held back: the continuation follows on the same response.
 
-use crate::dialect::Signal;
+use crate::dialect::{Dialect, EventReader, Signal};
 use crate::respond;
-use crate::sse::{encode_event, SseEvent, SseParser};
+use crate::sse::{encode_event, SseParser};
 use crate::upstream::{UpstreamError, UpstreamResponse};
+use crate::widget;
 use bytes::Bytes;
 use pingora_proxy::Session;
 use serde_json::json;
+
+/// How events are framed for the browser.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// Upstream bytes unchanged.
+    Raw,
+    /// The old service's framing, translated from this dialect's events.
+    WidgetV1(Dialect),
+}
 
 /// How one upstream stream ("leg") ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,19 +33,32 @@ pub enum LegEnd {
     Done { last: Option<Signal> },
     /// The upstream reported an error event; nothing more will come.
     ErrorEvent,
-    /// The upstream body ended (cleanly) without an end-of-stream marker.
+    /// The upstream body ended without an end-of-stream marker (the Responses API has none).
     EndedEarly { last: Option<Signal> },
     /// The upstream connection broke or went silent.
     Broken(UpstreamError),
     /// The upstream sent something that is not an event stream.
     Garbled,
-    /// The browser went away.
-    ClientGone,
+    /// The browser went away; `last` as for `Done`.
+    ClientGone { last: Option<Signal> },
+}
+
+impl LegEnd {
+    /// The run's final signal, if the leg saw one.
+    pub fn last(&self) -> Option<&Signal> {
+        match self {
+            LegEnd::Done { last } | LegEnd::EndedEarly { last } | LegEnd::ClientGone { last } => {
+                last.as_ref()
+            }
+            _ => None,
+        }
+    }
 }
 
 /// The client side of a streamed answer.
 pub struct Relay<'s> {
     session: &'s mut Session,
+    framing: Framing,
     /// Body bytes written to the client so far.
     pub bytes_sent: usize,
     /// False once the client sent unexpected bytes: we stop watching for its close then.
@@ -44,10 +68,13 @@ pub struct Relay<'s> {
 
 impl<'s> Relay<'s> {
     /// Write the event-stream header. `None` if the client is already gone.
-    pub async fn start(session: &'s mut Session, cors_origin: Option<&str>) -> Option<Relay<'s>> {
-        let downstream = session.as_downstream();
-        let chunked =
-            !downstream.is_http2() && session.req_header().version != http::Version::HTTP_10;
+    pub async fn start(
+        session: &'s mut Session,
+        cors_origin: Option<&str>,
+        framing: Framing,
+    ) -> Option<Relay<'s>> {
+        let chunked = !session.as_downstream().is_http2()
+            && session.req_header().version != http::Version::HTTP_10;
         let header = respond::event_stream_header(cors_origin, chunked);
         if session
             .write_response_header(Box::new(header), false)
@@ -59,10 +86,15 @@ impl<'s> Relay<'s> {
         }
         Some(Relay {
             session,
+            framing,
             bytes_sent: 0,
             watch_client: true,
             client_gone: false,
         })
+    }
+
+    pub fn framing(&self) -> Framing {
+        self.framing
     }
 
     /// Whether the client went away.
@@ -90,21 +122,23 @@ impl<'s> Relay<'s> {
         true
     }
 
-    /// Forward one upstream stream until it ends; `classify` tells what each event means.
+    /// Forward one upstream stream until it ends; `reader` tells what each event means.
     pub async fn pump(
         &mut self,
         upstream: &mut UpstreamResponse,
-        classify: fn(&SseEvent) -> Signal,
+        reader: &mut EventReader,
     ) -> LegEnd {
         let mut parser = SseParser::new();
         let mut last = None;
+        // After `requires_action`, nothing more of this leg reaches the client.
+        let mut holding = false;
         loop {
             let next = tokio::select! {
                 next = upstream.next_chunk() => next,
                 () = watch_close(self.session, &mut self.watch_client) => {
                     self.client_gone = true;
                     self.session.set_keepalive(None);
-                    return LegEnd::ClientGone;
+                    return LegEnd::ClientGone { last };
                 }
             };
             let chunk = match next {
@@ -117,30 +151,70 @@ impl<'s> Relay<'s> {
                 Ok(None) => return LegEnd::EndedEarly { last },
                 Err(e) => return LegEnd::Broken(e),
             };
-            let events = match parser.push(&chunk) {
-                Ok(events) => events,
-                Err(_) => return LegEnd::Garbled,
+            let Ok(events) = parser.push_with_ends(&chunk) else {
+                return LegEnd::Garbled;
             };
-            if !self.write(chunk).await {
-                return LegEnd::ClientGone;
-            }
-            for event in &events {
-                match classify(event) {
-                    Signal::Progress => {}
-                    Signal::Done => return LegEnd::Done { last },
-                    Signal::ErrorEvent => return LegEnd::ErrorEvent,
-                    s @ (Signal::Completed | Signal::Ended(_) | Signal::RequiresAction) => {
-                        last = Some(s)
-                    }
+
+            let mut raw_upto = if holding { 0 } else { chunk.len() };
+            let mut writes = Vec::new();
+            let mut ended = None;
+            for (event, end) in &events {
+                let signal = reader.observe(event);
+                if let (Framing::WidgetV1(dialect), false) = (self.framing, holding) {
+                    writes.extend(widget::translate(dialect, event, &signal));
                 }
+                match signal {
+                    Signal::Progress => {}
+                    Signal::Done => ended = Some(LegEnd::Done { last: last.clone() }),
+                    Signal::ErrorEvent => ended = Some(LegEnd::ErrorEvent),
+                    Signal::RequiresAction => {
+                        if !holding {
+                            raw_upto = *end;
+                            holding = true;
+                        }
+                        last = Some(Signal::RequiresAction);
+                    }
+                    s @ (Signal::Completed | Signal::Ended(_)) => last = Some(s),
+                }
+                if ended.is_some() {
+                    break;
+                }
+            }
+
+            let delivered = match self.framing {
+                Framing::Raw if raw_upto > 0 => self.write(chunk.slice(..raw_upto)).await,
+                Framing::Raw => !self.client_gone,
+                Framing::WidgetV1(_) => {
+                    let mut ok = !self.client_gone;
+                    for write in writes {
+                        ok = self.write(write).await;
+                        if !ok {
+                            break;
+                        }
+                    }
+                    ok
+                }
+            };
+            if !delivered {
+                return LegEnd::ClientGone { last };
+            }
+            if let Some(end) = ended {
+                return end;
             }
         }
     }
 
-    /// End the stream with a final `event: error` carrying `code` and `message`.
+    /// End the stream with a final error event: `event: error` carrying `code` and `message`
+    /// in the `openai` framing, a `system.error` with `message` in the widget's.
     pub async fn fail(&mut self, code: &str, message: &str) {
-        let data = json!({"error": {"code": code, "message": message}}).to_string();
-        self.write(encode_event(Some("error"), &data)).await;
+        let event = match self.framing {
+            Framing::Raw => {
+                let data = json!({"error": {"code": code, "message": message}}).to_string();
+                encode_event(Some("error"), &data)
+            }
+            Framing::WidgetV1(_) => widget::system_error(message),
+        };
+        self.write(event).await;
         self.finish().await;
     }
 

@@ -1,6 +1,9 @@
 //! The process: Pingora's server settings, the proxy service, and the demo set-up.
 
-use crate::config::{Config, Limits, Secret, ServerSettings, Tenant, UpstreamSettings};
+use crate::config::{
+    Config, LeadSettings, Limits, Secret, ServerSettings, StreamFormat, Tenant, UpstreamApi,
+    UpstreamSettings,
+};
 use crate::proxy::{AppState, ChatbotProxy};
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
@@ -20,10 +23,14 @@ pub fn pingora_server(settings: &ServerSettings) -> Server {
     server
 }
 
-/// Add the proxy service for `config` to `server`.
+/// Add the proxy service for `config`, and the lead delivery service beside it, to `server`.
 pub fn add_proxy(server: &mut Server, config: Config) -> Result<(), String> {
     let listen = config.server.listen.clone();
     let state = AppState::new(config)?;
+    let delivery = pingora::services::background::background_service(
+        "lead delivery",
+        state.leads.delivery_service(),
+    );
     let mut service = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
         ChatbotProxy::new(state),
@@ -31,6 +38,7 @@ pub fn add_proxy(server: &mut Server, config: Config) -> Result<(), String> {
     );
     service.add_tcp(&listen);
     server.add_service(service);
+    server.add_service(delivery);
     Ok(())
 }
 
@@ -71,9 +79,20 @@ pub fn demo_config(listen: &str, stub_listen: &str) -> Config {
             name: "demo".into(),
             domains: vec!["localhost".into(), "127.0.0.1".into()],
             api_key: Secret::new("sk-demo"),
-            assistant_id: "asst_demo".into(),
-            lead_recipients: vec![],
+            api: UpstreamApi::Assistants {
+                assistant_id: "asst_demo".into(),
+            },
+            lead_recipients: vec!["owner@localhost".into()],
+            lead_tool: "sendEmail".into(),
+            stream_format: StreamFormat::OpenAi,
         }],
         smtp: None,
+        leads: LeadSettings {
+            dir: "data".into(),
+            max_per_conversation: 3,
+            max_per_tenant_per_hour: 100,
+            max_tool_rounds: 5,
+            send_timeout: Duration::from_secs(5),
+        },
     }
 }

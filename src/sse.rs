@@ -121,11 +121,23 @@ impl SseParser {
     /// Parses the next chunk of the stream and returns every event it
     /// completed, in order (often none, sometimes several).
     pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<SseEvent>, SseError> {
+        Ok(self
+            .push_with_ends(chunk)?
+            .into_iter()
+            .map(|(event, _)| event)
+            .collect())
+    }
+
+    /// Like [`push`](Self::push), and with each event the offset in `chunk` just past the
+    /// line end that completed it: `chunk[..end]` holds everything up to and including that
+    /// event, so a relay can forward a chunk up to an event and hold back the rest.
+    pub fn push_with_ends(&mut self, chunk: &[u8]) -> Result<Vec<(SseEvent, usize)>, SseError> {
         if self.failed {
             return Err(SseError::EventTooLarge);
         }
         self.ended_cut = false;
         let mut events = Vec::new();
+        let mut ended = Vec::new();
         let mut rest = self.skip_bom(chunk);
         if self.skip_lf && !rest.is_empty() {
             self.skip_lf = false;
@@ -159,12 +171,14 @@ impl SseParser {
                 outcome
             };
             outcome?;
+            let end = chunk.len() - rest.len();
+            ended.extend(events.drain(..).map(|event| (event, end)));
         }
         if !rest.is_empty() {
             self.check_size(self.line.len() + rest.len())?;
             self.line.extend_from_slice(rest);
         }
-        Ok(events)
+        Ok(ended)
     }
 
     /// Ends the stream. As the spec requires, an event still missing its
@@ -333,6 +347,26 @@ pub fn encode_event(event: Option<&str>, data: &str) -> Bytes {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn event_ends_point_just_past_the_dispatching_blank_line() {
+        let chunk = b"event: a\ndata: 1\n\nevent: done\r\ndata: [DONE]\r\n\r\nevent: c";
+        let mut parser = SseParser::new();
+        let ends = parser.push_with_ends(chunk).unwrap();
+        assert_eq!(ends.len(), 2);
+        assert_eq!(ends[0].0.event, "a");
+        assert_eq!(&chunk[..ends[0].1], b"event: a\ndata: 1\n\n");
+        assert_eq!(ends[1].0.event, "done");
+        assert_eq!(
+            &chunk[ends[0].1..ends[1].1],
+            b"event: done\r\ndata: [DONE]\r\n\r\n"
+        );
+        // An event completed by a later chunk ends inside that chunk.
+        let ends = parser.push_with_ends(b"\ndata: 3\n\n").unwrap();
+        assert_eq!(ends[0].0.event, "c");
+        assert_eq!(ends[0].1, 10);
+    }
+
     use super::*;
 
     const CREATE_RUN: &str =

@@ -62,15 +62,19 @@ impl TenantDirectory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Secret;
+    use crate::config::{Secret, StreamFormat, UpstreamApi};
 
     fn tenant(name: &str, domains: &[&str]) -> Tenant {
         Tenant {
             name: name.into(),
             domains: domains.iter().map(|d| d.to_string()).collect(),
             api_key: Secret::new(format!("sk-{name}")),
-            assistant_id: format!("asst_{name}"),
+            api: UpstreamApi::Assistants {
+                assistant_id: format!("asst_{name}"),
+            },
             lead_recipients: vec![],
+            lead_tool: "sendEmail".into(),
+            stream_format: StreamFormat::OpenAi,
         }
     }
 

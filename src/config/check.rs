@@ -8,8 +8,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use url::{Host, Url};
 
+use super::defaults;
 use super::error::ConfigError;
-use super::types::{Config, Secret, UpstreamSettings};
+use super::types::{Config, Secret, SmtpTls, StreamFormat, UpstreamSettings};
 
 /// Where a value came from: its key and, for a file, its 1-based line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,6 +119,31 @@ pub(crate) const PORT: Bounds = Bounds {
     min: 1,
     max: 65_535,
     unit: "(port number)",
+};
+pub(crate) const SMTP_TIMEOUT_MS: Bounds = Bounds {
+    min: 1,
+    max: 600_000,
+    unit: "milliseconds",
+};
+pub(crate) const LEADS_PER_CONVERSATION: Bounds = Bounds {
+    min: 1,
+    max: 1_000,
+    unit: "e-mails",
+};
+pub(crate) const LEADS_PER_HOUR: Bounds = Bounds {
+    min: 1,
+    max: 100_000,
+    unit: "e-mails",
+};
+pub(crate) const TOOL_ROUNDS: Bounds = Bounds {
+    min: 1,
+    max: 20,
+    unit: "rounds",
+};
+pub(crate) const SEND_TIMEOUT_MS: Bounds = Bounds {
+    min: 1,
+    max: 60_000,
+    unit: "milliseconds",
 };
 
 /// An integer inside `bounds`.
@@ -429,6 +455,273 @@ pub(crate) fn smtp_host(raw: &str, at: &At) -> Result<String, ConfigError> {
     Ok(host.to_string())
 }
 
+/// Which upstream API a tenant uses, as written in `api`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ApiKind {
+    Assistants,
+    Responses,
+}
+
+/// `api`: `"assistants"` or `"responses"`.
+pub(crate) fn api_kind(raw: &str, at: &At) -> Result<ApiKind, ConfigError> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "assistants" => Ok(ApiKind::Assistants),
+        "responses" => Ok(ApiKind::Responses),
+        _ => Err(at.err(format!(
+            "{} is not an API: write \"assistants\" (with assistant_id) or \"responses\" \
+             (with model), or remove the key to choose by which of the two is set",
+            shown(raw.trim())
+        ))),
+    }
+}
+
+/// A model name for the Responses API: non-empty, one word.
+pub(crate) fn model(raw: &str, at: &At) -> Result<String, ConfigError> {
+    let model = raw.trim();
+    if model.is_empty() {
+        return Err(at.err("is empty: write the model that answers, e.g. \"gpt-5.4\""));
+    }
+    if model.to_ascii_lowercase().starts_with("sk-") {
+        return Err(at.err(
+            "looks like an API key, not a model name (value not shown): write the model, e.g. \
+             \"gpt-5.4\", and put the key in api_key_env / api_key",
+        ));
+    }
+    if model.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(at.err(format!(
+            "{} contains spaces: write one model name, e.g. \"gpt-5.4\"",
+            shown(model)
+        )));
+    }
+    Ok(model.to_string())
+}
+
+/// System instructions: any text that is not blank. Returned without surrounding whitespace.
+pub(crate) fn instructions(raw: &str, what: &str, at: &At) -> Result<String, ConfigError> {
+    let text = raw.trim();
+    if text.is_empty() {
+        return Err(at.err(format!(
+            "{what} is empty: write the instructions for the model, or remove the key to \
+             send none"
+        )));
+    }
+    Ok(text.to_string())
+}
+
+/// The name of a function tool (`lead_tool`): 1 to 64 letters, digits, `_` or `-`, as OpenAI
+/// requires.
+pub(crate) fn function_name(raw: &str, at: &At) -> Result<String, ConfigError> {
+    let name = raw.trim();
+    if name.to_ascii_lowercase().starts_with("sk-") {
+        return Err(at.err(format!(
+            "looks like an API key, not a function name (value not shown): write e.g. \"{}\"",
+            defaults::LEAD_TOOL
+        )));
+    }
+    let valid = (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !valid {
+        return Err(at.err(format!(
+            "{} is not a function name: use 1 to 64 letters, digits, '_' or '-', e.g. \
+             \"{}\" (the default)",
+            shown(name),
+            defaults::LEAD_TOOL
+        )));
+    }
+    Ok(name.to_string())
+}
+
+/// `stream_format`: `"openai"` or `"widget-v1"`.
+pub(crate) fn stream_format(raw: &str, at: &At) -> Result<StreamFormat, ConfigError> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "openai" => Ok(StreamFormat::OpenAi),
+        "widget-v1" => Ok(StreamFormat::WidgetV1),
+        _ => Err(at.err(format!(
+            "{} is not a stream format: write \"openai\" (the upstream events unchanged, the \
+             default) or \"widget-v1\" (the old service's framing for the embedded widget)",
+            shown(raw.trim())
+        ))),
+    }
+}
+
+/// One tool definition passed through to the Responses API: a JSON object with a string
+/// `type`; a function tool must not take the name of the tenant's lead tool.
+pub(crate) fn tool(value: &serde_json::Value, lead_tool: &str, at: &At) -> Result<(), ConfigError> {
+    const EXAMPLE: &str = "{ type = \"file_search\", vector_store_ids = [\"vs_...\"] }";
+    let Some(object) = value.as_object() else {
+        return Err(at.err(format!(
+            "must be a table with a \"type\", e.g. {EXAMPLE}, not {}",
+            json_kind(value)
+        )));
+    };
+    let kind = match object.get("type") {
+        Some(serde_json::Value::String(kind)) if !kind.trim().is_empty() => kind.trim(),
+        Some(serde_json::Value::String(_)) => {
+            return Err(at.err(format!("has an empty type: write e.g. {EXAMPLE}")))
+        }
+        Some(other) => {
+            return Err(at.err(format!(
+                "has a type that is {}, not a string: write e.g. {EXAMPLE}",
+                json_kind(other)
+            )))
+        }
+        None => return Err(at.err(format!("has no type: every tool needs one, e.g. {EXAMPLE}"))),
+    };
+    if kind == "function" {
+        let name = object.get("name").or_else(|| {
+            object
+                .get("function")
+                .and_then(|function| function.get("name"))
+        });
+        if name.and_then(serde_json::Value::as_str) == Some(lead_tool) {
+            return Err(at.err(format!(
+                "is a function named {}, the tenant's lead_tool: the proxy adds that tool \
+                 itself; remove this entry, or set lead_tool to another name",
+                shown(lead_tool)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// "a string", "an array", ... for JSON values in messages.
+pub(crate) fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// The lead journal directory: a non-empty path without control characters.
+pub(crate) fn leads_dir(raw: &str, at: &At) -> Result<std::path::PathBuf, ConfigError> {
+    let dir = raw.trim();
+    if dir.is_empty() {
+        return Err(at.err(format!(
+            "is empty: write a directory for the lead journal, e.g. \"{}\" (the default, \
+             relative to the working directory)",
+            defaults::LEADS_DIR
+        )));
+    }
+    if dir.chars().any(char::is_control) {
+        return Err(at.err(
+            "contains control characters: write a plain directory path, e.g. \"data\" or \
+             \"/var/lib/chatbot-proxy\"",
+        ));
+    }
+    Ok(dir.into())
+}
+
+/// `smtp.tls` / `SMTP_TLS`.
+pub(crate) fn smtp_tls(raw: &str, at: &At) -> Result<SmtpTls, ConfigError> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "implicit" => Ok(SmtpTls::Implicit),
+        "starttls" => Ok(SmtpTls::StartTls),
+        "opportunistic" => Ok(SmtpTls::Opportunistic),
+        "none" => Ok(SmtpTls::None),
+        _ => Err(at.err(format!(
+            "{} is not a TLS mode: write \"implicit\" (TLS from the start, port 465), \
+             \"starttls\" (required), \"opportunistic\" (STARTTLS when offered) or \"none\"; \
+             without the key it is implicit on port 465 and opportunistic otherwise",
+            shown(raw.trim())
+        ))),
+    }
+}
+
+/// Whether `text` is a bare e-mail address (basic check: `local@domain`, one `@`, no
+/// whitespace, no `<>`, `,`, `;` or quotes).
+fn is_address(text: &str) -> bool {
+    match text.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && !domain.is_empty()
+                && !domain.contains('@')
+                && !text
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || "<>,;\"".contains(c))
+        }
+        None => false,
+    }
+}
+
+/// A `From` mailbox: `Name <addr@domain>`, `"Name, Inc." <addr@domain>` or `addr@domain`
+/// (basic check: one `@`, no line breaks or control characters).
+pub(crate) fn mailbox(raw: &str, at: &At) -> Result<String, ConfigError> {
+    const EXAMPLE: &str = "write e.g. \"AI Bot <bot@example.com>\" or \"bot@example.com\"";
+    let text = raw.trim();
+    if text.is_empty() {
+        return Err(at.err(format!("is empty: {EXAMPLE}, or remove the key")));
+    }
+    let bad = |why: &str| {
+        at.err(format!(
+            "{} is not a mailbox ({why}): {EXAMPLE}",
+            shown(text)
+        ))
+    };
+    if raw.chars().any(char::is_control) {
+        return Err(bad("it contains a line break or another control character"));
+    }
+    if text.matches('@').count() != 1 {
+        return Err(bad("it must contain exactly one '@'"));
+    }
+    let address = match text.split_once('<') {
+        Some((name, rest)) => {
+            let Some(address) = rest.strip_suffix('>') else {
+                return Err(bad("the address in <...> must come last"));
+            };
+            let name = name.trim();
+            let quoted = name.len() >= 2 && name.starts_with('"') && name.ends_with('"');
+            if quoted {
+                if name[1..name.len() - 1].contains('"') {
+                    return Err(bad("the quoted name contains a quote"));
+                }
+            } else if name.contains(['"', ',', ';', ':', '>', '(', ')', '[', ']', '\\']) {
+                return Err(bad("a name with punctuation must be in double quotes, \
+                     e.g. \"\\\"Acme, Inc.\\\" <bot@acme.com>\""));
+            }
+            address
+        }
+        None => text,
+    };
+    if !is_address(address) {
+        return Err(bad("the address must be local@domain without spaces"));
+    }
+    Ok(text.to_string())
+}
+
+/// The default `From`: `AI Bot <user>` when the SMTP user is an e-mail address, otherwise
+/// `AI Bot <chatbot@host>` (with a warning when a user is set, naming `from_key`).
+pub(crate) fn default_from(
+    user: Option<&str>,
+    host: &str,
+    from_key: &str,
+    at: &At,
+) -> Result<String, ConfigError> {
+    let name = defaults::FROM_NAME;
+    let from = match user {
+        Some(user) if is_address(user) => format!("{name} <{user}>"),
+        _ => format!("{name} <{}@{host}>", defaults::FROM_LOCAL_PART),
+    };
+    if user.is_some_and(|user| !is_address(user)) {
+        log::warn!(
+            "the SMTP user is not an e-mail address, so lead e-mails are sent from {from}: \
+             set {from_key} if the server wants another sender"
+        );
+    }
+    mailbox(&from, at).map_err(|_| {
+        at.err(format!(
+            "is missing and cannot be derived from the SMTP host ({}): write e.g. \
+             \"AI Bot <bot@example.com>\"",
+            shown(host)
+        ))
+    })
+}
+
 /// Records which tenant lists which domain, so that no domain belongs to two tenants.
 #[derive(Default)]
 pub(crate) struct DomainOwners {
@@ -494,6 +787,30 @@ pub(crate) fn finish(config: &Config) {
              long messages will be refused as body_too_large before their length is checked",
             config.limits.max_message_chars,
             config.limits.max_body_bytes
+        );
+    }
+    if let Some(smtp) = &config.smtp {
+        let implicit_port = smtp.port == defaults::SMTP_IMPLICIT_TLS_PORT;
+        match smtp.tls {
+            SmtpTls::Implicit if !implicit_port => log::warn!(
+                "SMTP tls is \"implicit\" on port {}: servers on ports other than 465 usually \
+                 expect STARTTLS (\"starttls\" or \"opportunistic\")",
+                smtp.port
+            ),
+            SmtpTls::StartTls | SmtpTls::Opportunistic if implicit_port => log::warn!(
+                "SMTP tls is STARTTLS on port 465: that port usually expects \"implicit\" TLS"
+            ),
+            SmtpTls::None if smtp.password.is_some() => log::warn!(
+                "SMTP tls is \"none\": the SMTP password is sent to {} unencrypted",
+                smtp.host
+            ),
+            _ => {}
+        }
+    }
+    if config.smtp.is_none() && config.tenants.iter().any(|t| !t.lead_recipients.is_empty()) {
+        log::warn!(
+            "lead recipients are configured but SMTP is not: no lead e-mail can be sent until \
+             an [smtp] table (or SMTP_HOST) is configured"
         );
     }
 }
@@ -634,6 +951,172 @@ mod tests {
     }
 
     #[test]
+    fn model_rules() {
+        assert_eq!(model(" gpt-5.4 ", &at()).unwrap(), "gpt-5.4");
+        assert_eq!(
+            model("ft:gpt-4o:acme::x1", &at()).unwrap(),
+            "ft:gpt-4o:acme::x1"
+        );
+        for bad in ["", "  ", "gpt 5", "gpt-5\tmini", "gpt\u{7}5"] {
+            assert!(model(bad, &at()).is_err(), "{bad:?} should be refused");
+        }
+        let err = model("sk-SECRET-key", &at()).unwrap_err().to_string();
+        assert!(err.contains("looks like an API key"), "{err}");
+        assert!(!err.contains("SECRET"), "{err}");
+    }
+
+    #[test]
+    fn function_name_rules() {
+        assert_eq!(function_name("sendEmail", &at()).unwrap(), "sendEmail");
+        assert_eq!(
+            function_name(" capture_lead-2 ", &at()).unwrap(),
+            "capture_lead-2"
+        );
+        assert_eq!(function_name(&"a".repeat(64), &at()).unwrap().len(), 64);
+        for bad in [
+            "".to_string(),
+            "a".repeat(65),
+            "send email".into(),
+            "send.email".into(),
+            "envoyé".into(),
+        ] {
+            assert!(
+                function_name(&bad, &at()).is_err(),
+                "{bad:?} should be refused"
+            );
+        }
+        let err = function_name("sk-SECRET", &at()).unwrap_err().to_string();
+        assert!(!err.contains("SECRET"), "{err}");
+    }
+
+    #[test]
+    fn enumerations() {
+        assert_eq!(api_kind("assistants", &at()).unwrap(), ApiKind::Assistants);
+        assert_eq!(api_kind(" Responses ", &at()).unwrap(), ApiKind::Responses);
+        assert!(api_kind("chat", &at()).is_err());
+        assert_eq!(
+            stream_format("openai", &at()).unwrap(),
+            StreamFormat::OpenAi
+        );
+        assert_eq!(
+            stream_format("widget-v1", &at()).unwrap(),
+            StreamFormat::WidgetV1
+        );
+        let err = stream_format("widget", &at()).unwrap_err().to_string();
+        assert!(
+            err.contains("\"openai\"") && err.contains("\"widget-v1\""),
+            "{err}"
+        );
+        assert_eq!(smtp_tls("implicit", &at()).unwrap(), SmtpTls::Implicit);
+        assert_eq!(smtp_tls("STARTTLS", &at()).unwrap(), SmtpTls::StartTls);
+        assert_eq!(
+            smtp_tls("opportunistic", &at()).unwrap(),
+            SmtpTls::Opportunistic
+        );
+        assert_eq!(smtp_tls("none", &at()).unwrap(), SmtpTls::None);
+        let err = smtp_tls("ssl", &at()).unwrap_err().to_string();
+        assert!(err.contains("port 465"), "{err}");
+    }
+
+    #[test]
+    fn mailbox_rules() {
+        for good in [
+            "AI Bot <bot@example.com>",
+            "bot@example.com",
+            "<bot@example.com>",
+            "\"Acme, Inc.\" <bot@acme.com>",
+            "  Jürgen Bot <j@bot.example>  ",
+            "Bot. Jr <bot@example.com>",
+        ] {
+            assert_eq!(mailbox(good, &at()).unwrap(), good.trim(), "{good:?}");
+        }
+        for bad in [
+            "",
+            "AI Bot",
+            "bot@example.com\r\nBcc: victim@example.com",
+            "AI Bot <bot@example.com>\n",
+            "a@b@example.com",
+            "AI Bot <bot@example.com> trailing",
+            "AI Bot <bot@example.com",
+            "AI <Bot> <bot@example.com>",
+            "Acme, Inc. <bot@acme.com>",
+            "AI Bot (leads) <bot@acme.com>",
+            "AI Bot <bot @example.com>",
+            "AI Bot <@example.com>",
+            "bot@",
+            "bot@example.com, other@example.com",
+        ] {
+            assert!(mailbox(bad, &at()).is_err(), "{bad:?} should be refused");
+        }
+        let err = mailbox("bot\r\n@x.com", &at()).unwrap_err().to_string();
+        assert!(err.contains("line break"), "{err}");
+        let err = mailbox("sk-SECRET-abcdef", &at()).unwrap_err().to_string();
+        assert!(!err.contains("SECRET"), "{err}");
+    }
+
+    #[test]
+    fn default_from_uses_the_user_or_the_host() {
+        let from = |user, host| default_from(user, host, "smtp.from", &at());
+        assert_eq!(
+            from(Some("bot@acme.com"), "smtp.acme.com").unwrap(),
+            "AI Bot <bot@acme.com>"
+        );
+        assert_eq!(
+            from(None, "smtp.acme.com").unwrap(),
+            "AI Bot <chatbot@smtp.acme.com>"
+        );
+        assert_eq!(
+            from(Some("apikey"), "smtp.acme.com").unwrap(),
+            "AI Bot <chatbot@smtp.acme.com>",
+            "a user that is no address falls back to the host"
+        );
+    }
+
+    #[test]
+    fn tool_rules() {
+        use serde_json::json;
+        let ok = |value: serde_json::Value| tool(&value, "sendEmail", &at());
+        assert!(ok(json!({"type": "file_search", "vector_store_ids": ["vs_1"]})).is_ok());
+        assert!(ok(json!({"type": "function", "name": "lookupOrder"})).is_ok());
+        assert!(ok(json!({"type": "web_search"})).is_ok());
+        for (bad, expected) in [
+            (json!("file_search"), "must be a table"),
+            (json!([{"type": "x"}]), "must be a table"),
+            (json!({"vector_store_ids": []}), "has no type"),
+            (json!({"type": 5}), "not a string"),
+            (json!({"type": " "}), "empty type"),
+            (
+                json!({"type": "function", "name": "sendEmail"}),
+                "lead_tool",
+            ),
+            (
+                json!({"type": "function", "function": {"name": "sendEmail"}}),
+                "lead_tool",
+            ),
+        ] {
+            let err = ok(bad.clone()).expect_err(&bad.to_string()).to_string();
+            assert!(err.contains(expected), "{bad}: {err}");
+        }
+        assert!(tool(
+            &json!({"type": "function", "name": "sendEmail"}),
+            "captureLead",
+            &at()
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn leads_dir_rules() {
+        assert_eq!(
+            leads_dir(" /var/lib/leads ", &at()).unwrap(),
+            std::path::PathBuf::from("/var/lib/leads")
+        );
+        assert!(leads_dir(" ", &at()).is_err());
+        assert!(leads_dir("data\n", &at()).is_ok(), "trimmed");
+        assert!(leads_dir("da\u{0}ta", &at()).is_err());
+    }
+
+    #[test]
     fn bounds_are_enforced_with_the_range_in_the_message() {
         assert_eq!(in_bounds(2, &THREADS, 2, &at()).unwrap(), 2);
         let err = in_bounds(0, &THREADS, 2, &at()).unwrap_err().to_string();
@@ -642,5 +1125,11 @@ mod tests {
         assert_eq!(in_bounds(0, &GRACE_SECONDS, 30, &at()).unwrap(), 0);
         assert!(in_bounds(10 * 1024 * 1024 + 1, &BODY_BYTES, 32768, &at()).is_err());
         assert!(in_bounds(0, &TIMEOUT_MS, 5000, &at()).is_err());
+        assert!(in_bounds(20, &TOOL_ROUNDS, 5, &at()).is_ok());
+        let err = in_bounds(21, &TOOL_ROUNDS, 5, &at())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("from 1 to 20 rounds"), "{err}");
+        assert!(in_bounds(60_001, &SEND_TIMEOUT_MS, 5000, &at()).is_err());
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::check::{self, At};
 use super::error::ConfigError;
-use super::types::{Limits, ServerSettings, UpstreamSettings};
+use super::types::{LeadSettings, Limits, ServerSettings, SmtpTls, UpstreamSettings};
 
 pub(crate) const LISTEN: &str = "0.0.0.0:3000";
 pub(crate) const PREFIX: &str = "/open-ai";
@@ -21,6 +21,29 @@ pub(crate) const POOL_IDLE_TIMEOUT_MS: u64 = 90_000;
 pub(crate) const MAX_BODY_BYTES: usize = 32 * 1024;
 pub(crate) const MAX_MESSAGE_CHARS: usize = 4_000;
 pub(crate) const SMTP_PORT: u16 = 587;
+/// The port of implicit TLS ("submissions"); any other port defaults to opportunistic STARTTLS.
+pub(crate) const SMTP_IMPLICIT_TLS_PORT: u16 = 465;
+pub(crate) const SMTP_TIMEOUT_MS: u64 = 10_000;
+/// Display name of the default `From` mailbox.
+pub(crate) const FROM_NAME: &str = "AI Bot";
+/// Local part of the default `From` address when there is no SMTP user.
+pub(crate) const FROM_LOCAL_PART: &str = "chatbot";
+pub(crate) const LEADS_DIR: &str = "data";
+pub(crate) const MAX_LEADS_PER_CONVERSATION: u32 = 3;
+pub(crate) const MAX_LEADS_PER_TENANT_PER_HOUR: u32 = 100;
+pub(crate) const MAX_TOOL_ROUNDS: u32 = 5;
+pub(crate) const LEAD_SEND_TIMEOUT_MS: u64 = 5_000;
+pub(crate) const LEAD_TOOL: &str = "sendEmail";
+
+/// Transport security when none is configured: implicit TLS on port 465, opportunistic
+/// STARTTLS on any other port.
+pub(crate) fn smtp_tls(port: u16) -> SmtpTls {
+    if port == SMTP_IMPLICIT_TLS_PORT {
+        SmtpTls::Implicit
+    } else {
+        SmtpTls::Opportunistic
+    }
+}
 
 impl Default for ServerSettings {
     fn default() -> Self {
@@ -39,6 +62,18 @@ impl Default for Limits {
         Limits {
             max_body_bytes: MAX_BODY_BYTES,
             max_message_chars: MAX_MESSAGE_CHARS,
+        }
+    }
+}
+
+impl Default for LeadSettings {
+    fn default() -> Self {
+        LeadSettings {
+            dir: LEADS_DIR.into(),
+            max_per_conversation: MAX_LEADS_PER_CONVERSATION,
+            max_per_tenant_per_hour: MAX_LEADS_PER_TENANT_PER_HOUR,
+            max_tool_rounds: MAX_TOOL_ROUNDS,
+            send_timeout: Duration::from_millis(LEAD_SEND_TIMEOUT_MS),
         }
     }
 }
@@ -90,5 +125,23 @@ mod tests {
             ("127.0.0.1", 8090, "/v1")
         );
         assert_eq!(stub.connect_timeout, Duration::from_millis(5_000));
+    }
+
+    #[test]
+    fn lead_settings_defaults() {
+        let leads = LeadSettings::default();
+        assert_eq!(leads.dir, std::path::PathBuf::from("data"));
+        assert_eq!(leads.max_per_conversation, 3);
+        assert_eq!(leads.max_per_tenant_per_hour, 100);
+        assert_eq!(leads.max_tool_rounds, 5);
+        assert_eq!(leads.send_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn smtp_tls_defaults_by_port() {
+        assert_eq!(smtp_tls(465), SmtpTls::Implicit);
+        assert_eq!(smtp_tls(587), SmtpTls::Opportunistic);
+        assert_eq!(smtp_tls(25), SmtpTls::Opportunistic);
+        assert_eq!(smtp_tls(2525), SmtpTls::Opportunistic);
     }
 }

@@ -1,14 +1,18 @@
 //! The old service's configuration: environment variables, plus a `.env` file.
 //!
 //! `DOMAINS`, `OPENAI_API_KEYS` and `ASSISTANT_IDS` are JSON arrays matched by position (one
-//! tenant per domain, named after it); `EMAIL_TO`, `SMTP_*`, `OPENAI_BASE_URL` and `PORT` are
-//! optional. Everything else keeps its default. The `.env` file is read with dotenvy's iterator,
-//! so the process environment is never modified; variables of the process win over the file.
+//! tenant per domain, named after it). `MODELS` (with optional `INSTRUCTIONS`) replaces
+//! `ASSISTANT_IDS` to use the Responses API; each of those two holds one entry for every
+//! domain, or one per domain. `EMAIL_TO`, `SMTP_*`, `OPENAI_BASE_URL`, `PORT`,
+//! `STREAM_FORMAT`, `LEAD_TOOL` and `LEADS_DIR` are optional. Everything else keeps its default.
+//! The `.env` file is parsed with Node dotenv's rules (see `dotenv`), and the process environment is never
+//! modified; variables of the process win over the file.
 
 use std::collections::HashMap;
 use std::fs;
 use std::io::ErrorKind;
 use std::path::Path;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -16,12 +20,15 @@ use super::check::{self, At, DomainOwners};
 use super::defaults;
 use super::error::ConfigError;
 use super::types::{
-    Config, Limits, Secret, ServerSettings, SmtpSettings, Tenant, UpstreamSettings,
+    Config, LeadSettings, Limits, Secret, ServerSettings, SmtpSettings, StreamFormat, Tenant,
+    UpstreamApi, UpstreamSettings,
 };
 
 const DOMAINS: &str = "DOMAINS";
 const OPENAI_API_KEYS: &str = "OPENAI_API_KEYS";
 const ASSISTANT_IDS: &str = "ASSISTANT_IDS";
+const MODELS: &str = "MODELS";
+const INSTRUCTIONS: &str = "INSTRUCTIONS";
 const EMAIL_TO: &str = "EMAIL_TO";
 
 /// What each array looks like, for messages.
@@ -30,74 +37,100 @@ fn example(name: &str) -> &'static str {
         DOMAINS => r#"DOMAINS='["example.com","shop.example.com"]'"#,
         OPENAI_API_KEYS => r#"OPENAI_API_KEYS='["sk-...","sk-..."]'"#,
         ASSISTANT_IDS => r#"ASSISTANT_IDS='["asst_...","asst_..."]'"#,
+        MODELS => r#"MODELS='["gpt-5.4"]'"#,
+        INSTRUCTIONS => r#"INSTRUCTIONS='["You are the assistant of example.com."]'"#,
         _ => r#"EMAIL_TO='["sales@example.com"]'"#,
     }
 }
 
 /// The message when nothing at all is configured.
 const NOTHING_CONFIGURED: &str = "no configuration found: pass `--config PATH` or set DOMAINS, \
-     OPENAI_API_KEYS and ASSISTANT_IDS (or a .env file), or run `chatbot-proxy demo` to try it \
-     against the bundled stub";
+     OPENAI_API_KEYS and ASSISTANT_IDS (or MODELS for the Responses API) in the environment or \
+     a .env file, or run `chatbot-proxy demo` to try it against the bundled stub";
 
 /// Builds the configuration from environment variables (already merged with `.env`).
 pub fn from_env_map(env: &HashMap<String, String>) -> Result<Config, ConfigError> {
-    let required = [DOMAINS, OPENAI_API_KEYS, ASSISTANT_IDS];
-    let present: Vec<&str> = required
-        .iter()
-        .copied()
+    let present: Vec<&str> = [DOMAINS, OPENAI_API_KEYS, ASSISTANT_IDS, MODELS]
+        .into_iter()
         .filter(|n| var(env, n).is_some())
         .collect();
     if present.is_empty() {
         return Err(ConfigError::general(NOTHING_CONFIGURED));
     }
-    if let Some(missing) = required.iter().find(|n| var(env, n).is_none()) {
+    if let Some(missing) = [DOMAINS, OPENAI_API_KEYS]
+        .into_iter()
+        .find(|n| var(env, n).is_none())
+    {
         return Err(ConfigError::new(
-            *missing,
+            missing,
             format!(
-                "is not set, but {} is: the three variables DOMAINS, OPENAI_API_KEYS and \
-                 ASSISTANT_IDS go together, matched by position; set e.g. {}",
+                "is not set, but {} {}: DOMAINS, OPENAI_API_KEYS and ASSISTANT_IDS (or MODELS) \
+                 go together, matched by position; set e.g. {}",
                 present.join(" and "),
+                if present.len() == 1 { "is" } else { "are" },
                 example(missing)
             ),
+        ));
+    }
+    let responses_api = match (var(env, ASSISTANT_IDS), var(env, MODELS)) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                MODELS,
+                "and ASSISTANT_IDS are both set: choose one API, ASSISTANT_IDS for the \
+                 Assistants API or MODELS (with INSTRUCTIONS if wanted) for the Responses API, \
+                 and remove the other",
+            ))
+        }
+        (None, None) => {
+            return Err(ConfigError::new(
+                ASSISTANT_IDS,
+                format!(
+                    "is not set, and neither is MODELS: set one of them, ASSISTANT_IDS for the \
+                     Assistants API (one assistant per domain, e.g. {}) or MODELS for the \
+                     Responses API (e.g. {})",
+                    example(ASSISTANT_IDS),
+                    example(MODELS)
+                ),
+            ))
+        }
+        (Some(_), None) => false,
+        (None, Some(_)) => true,
+    };
+    if !responses_api && var(env, INSTRUCTIONS).is_some() {
+        return Err(ConfigError::new(
+            INSTRUCTIONS,
+            "is only used with MODELS (the Responses API): with ASSISTANT_IDS the instructions \
+             live in each assistant on OpenAI's side; remove INSTRUCTIONS, or replace \
+             ASSISTANT_IDS with MODELS",
         ));
     }
 
     let domains = json_strings(env, DOMAINS)?;
     let keys = json_strings(env, OPENAI_API_KEYS)?;
-    let assistants = json_strings(env, ASSISTANT_IDS)?;
-    for (name, list) in [
-        (DOMAINS, &domains),
-        (OPENAI_API_KEYS, &keys),
-        (ASSISTANT_IDS, &assistants),
-    ] {
+    for (name, list) in [(DOMAINS, &domains), (OPENAI_API_KEYS, &keys)] {
         if list.is_empty() {
-            return Err(ConfigError::new(
-                name,
-                format!(
-                    "is an empty array: list at least one entry, e.g. {}",
-                    example(name)
-                ),
-            ));
+            return Err(empty_array(name));
         }
     }
-    for (name, list) in [(OPENAI_API_KEYS, &keys), (ASSISTANT_IDS, &assistants)] {
-        if list.len() != domains.len() {
-            return Err(ConfigError::new(
-                name,
-                format!(
-                    "{DOMAINS} has {} but {name} has {}: they are matched by position, so give \
-                     exactly one entry per domain",
-                    entries(domains.len()),
-                    list.len()
-                ),
-            ));
-        }
-    }
+    same_length(OPENAI_API_KEYS, keys.len(), domains.len())?;
+    let apis = if responses_api {
+        responses(env, domains.len())?
+    } else {
+        assistants(env, domains.len())?
+    };
     let recipients = email_to(env, domains.len())?;
+    let stream_format = match var(env, "STREAM_FORMAT") {
+        Some(text) => check::stream_format(text, &At::key("STREAM_FORMAT"))?,
+        None => StreamFormat::default(),
+    };
+    let lead_tool = match var(env, "LEAD_TOOL") {
+        Some(text) => check::function_name(text, &At::key("LEAD_TOOL"))?,
+        None => defaults::LEAD_TOOL.to_string(),
+    };
 
     let mut owners = DomainOwners::default();
     let mut tenants = Vec::with_capacity(domains.len());
-    for (i, ((domain, key), assistant)) in domains.iter().zip(&keys).zip(&assistants).enumerate() {
+    for (i, ((domain, key), api)) in domains.iter().zip(&keys).zip(apis).enumerate() {
         let domain_at = At::key(format!("{DOMAINS}[{i}]"));
         let domain = check::domain(domain, &domain_at)?;
         owners.claim(&domain, i, &format!("position {i}"), &domain_at)?;
@@ -106,20 +139,19 @@ pub fn from_env_map(env: &HashMap<String, String>) -> Result<Config, ConfigError
             "the API key",
             &At::key(format!("{OPENAI_API_KEYS}[{i}]")),
         )?;
-        let assistant_id =
-            check::assistant_id(assistant, &At::key(format!("{ASSISTANT_IDS}[{i}]")))?;
-        let lead_recipients = match recipients.len() {
-            0 => Vec::new(),
-            1 => recipients[0].clone(),
-            _ => recipients[i].clone(),
-        };
         tenants.push(Tenant {
             name: domain.clone(),
             domains: vec![domain],
             api_key,
-            assistant_id,
-            lead_recipients,
+            api,
+            lead_recipients: for_tenant(&recipients, i).unwrap_or_default(),
+            lead_tool: lead_tool.clone(),
+            stream_format,
         });
+    }
+    let mut leads = LeadSettings::default();
+    if let Some(dir) = var(env, "LEADS_DIR") {
+        leads.dir = check::leads_dir(dir, &At::key("LEADS_DIR"))?;
     }
 
     let mut server = ServerSettings::default();
@@ -138,9 +170,104 @@ pub fn from_env_map(env: &HashMap<String, String>) -> Result<Config, ConfigError
         limits: Limits::default(),
         tenants,
         smtp: smtp(env)?,
+        leads,
     };
     check::finish(&config);
     Ok(config)
+}
+
+/// `ASSISTANT_IDS`: one assistant per domain.
+fn assistants(
+    env: &HashMap<String, String>,
+    domains: usize,
+) -> Result<Vec<UpstreamApi>, ConfigError> {
+    let ids = json_strings(env, ASSISTANT_IDS)?;
+    if ids.is_empty() {
+        return Err(empty_array(ASSISTANT_IDS));
+    }
+    same_length(ASSISTANT_IDS, ids.len(), domains)?;
+    ids.iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let assistant_id = check::assistant_id(id, &At::key(format!("{ASSISTANT_IDS}[{i}]")))?;
+            Ok(UpstreamApi::Assistants { assistant_id })
+        })
+        .collect()
+}
+
+/// `MODELS` and `INSTRUCTIONS`: each one entry for every domain, or one per domain.
+fn responses(
+    env: &HashMap<String, String>,
+    domains: usize,
+) -> Result<Vec<UpstreamApi>, ConfigError> {
+    let models = json_strings(env, MODELS)?;
+    if models.is_empty() {
+        return Err(empty_array(MODELS));
+    }
+    one_or_all(MODELS, models.len(), domains)?;
+    let models = models
+        .iter()
+        .enumerate()
+        .map(|(i, model)| check::model(model, &At::key(format!("{MODELS}[{i}]"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let instructions = json_strings(env, INSTRUCTIONS)?;
+    one_or_all(INSTRUCTIONS, instructions.len(), domains)?;
+    Ok((0..domains)
+        .map(|i| UpstreamApi::Responses {
+            model: for_tenant(&models, i).unwrap_or_default(),
+            instructions: for_tenant(&instructions, i),
+            tools: Vec::new(),
+        })
+        .collect())
+}
+
+/// The entry of a one-or-all list for tenant `i`: none, the only one, or the `i`-th.
+fn for_tenant<T: Clone>(list: &[T], i: usize) -> Option<T> {
+    match list {
+        [] => None,
+        [only] => Some(only.clone()),
+        many => many.get(i).cloned(),
+    }
+}
+
+fn empty_array(name: &str) -> ConfigError {
+    ConfigError::new(
+        name,
+        format!(
+            "is an empty array: list at least one entry, e.g. {}",
+            example(name)
+        ),
+    )
+}
+
+/// A list matched by position must have one entry per domain.
+fn same_length(name: &str, len: usize, domains: usize) -> Result<(), ConfigError> {
+    if len == domains {
+        return Ok(());
+    }
+    Err(ConfigError::new(
+        name,
+        format!(
+            "{DOMAINS} has {} but {name} has {len}: they are matched by position, so give \
+             exactly one entry per domain",
+            entries(domains)
+        ),
+    ))
+}
+
+/// A list that may hold one entry for every domain, or one per domain (or none).
+fn one_or_all(name: &str, len: usize, domains: usize) -> Result<(), ConfigError> {
+    if len <= 1 || len == domains {
+        return Ok(());
+    }
+    Err(ConfigError::new(
+        name,
+        format!(
+            "{DOMAINS} has {} but {name} has {len}: give one entry per domain (matched by \
+             position), or a single entry that serves every domain",
+            entries(domains)
+        ),
+    ))
 }
 
 /// "1 entry", "3 entries".
@@ -191,7 +318,10 @@ fn json_strings(env: &HashMap<String, String>, name: &str) -> Result<Vec<String>
     let Value::Array(items) = value else {
         return Err(ConfigError::new(
             name,
-            format!("is JSON {}, not an array: {shape}", json_type(&value)),
+            format!(
+                "is JSON {}, not an array: {shape}",
+                check::json_kind(&value)
+            ),
         ));
     };
     let mut out = Vec::with_capacity(items.len());
@@ -200,26 +330,20 @@ fn json_strings(env: &HashMap<String, String>, name: &str) -> Result<Vec<String>
         match item {
             Value::String(s) if s.trim().is_empty() => {
                 return Err(at.err(format!(
-                    "is empty: every entry needs a value, because the arrays DOMAINS, \
-                     OPENAI_API_KEYS and ASSISTANT_IDS are matched by position; {shape}"
+                    "is empty: every entry needs a value, because the arrays are matched by \
+                     position with DOMAINS; {shape}"
                 )))
             }
             Value::String(s) => out.push(s.trim().to_string()),
-            other => return Err(at.err(format!("is {}, not a string: {shape}", json_type(other)))),
+            other => {
+                return Err(at.err(format!(
+                    "is {}, not a string: {shape}",
+                    check::json_kind(other)
+                )))
+            }
         }
     }
     Ok(out)
-}
-
-fn json_type(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// `EMAIL_TO`: empty, one list for every domain, or one list per domain. Each entry may hold
@@ -229,17 +353,7 @@ fn email_to(
     domains: usize,
 ) -> Result<Vec<Vec<String>>, ConfigError> {
     let items = json_strings(env, EMAIL_TO)?;
-    if items.len() > 1 && items.len() != domains {
-        return Err(ConfigError::new(
-            EMAIL_TO,
-            format!(
-                "{DOMAINS} has {} but {EMAIL_TO} has {}: give one entry per domain (matched by \
-                 position), or a single entry that serves every domain",
-                entries(domains),
-                items.len()
-            ),
-        ));
-    }
+    one_or_all(EMAIL_TO, items.len(), domains)?;
     let mut lists = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let at = At::key(format!("{EMAIL_TO}[{i}]"));
@@ -252,13 +366,20 @@ fn email_to(
     Ok(lists)
 }
 
-/// `SMTP_HOST` (enables mail), `SMTP_PORT` (default 587), `SMTP_USER`, `SMTP_PASS`.
+/// `SMTP_HOST` (enables mail), `SMTP_PORT` (default 587), `SMTP_USER`, `SMTP_PASS`,
+/// `SMTP_TLS` (default by port), `SMTP_FROM` (default from the user or host).
 fn smtp(env: &HashMap<String, String>) -> Result<Option<SmtpSettings>, ConfigError> {
     let Some(host) = var(env, "SMTP_HOST") else {
-        let others: Vec<&str> = ["SMTP_PORT", "SMTP_USER", "SMTP_PASS"]
-            .into_iter()
-            .filter(|n| var(env, n).is_some())
-            .collect();
+        let others: Vec<&str> = [
+            "SMTP_PORT",
+            "SMTP_USER",
+            "SMTP_PASS",
+            "SMTP_TLS",
+            "SMTP_FROM",
+        ]
+        .into_iter()
+        .filter(|n| var(env, n).is_some())
+        .collect();
         if !others.is_empty() {
             log::warn!(
                 "{} set but SMTP_HOST is not: lead e-mails are disabled until SMTP_HOST is set",
@@ -283,11 +404,23 @@ fn smtp(env: &HashMap<String, String>) -> Result<Option<SmtpSettings>, ConfigErr
         &At::key("SMTP_USER"),
         &At::key("SMTP_PASS"),
     )?;
+    let tls = match var(env, "SMTP_TLS") {
+        Some(text) => check::smtp_tls(text, &At::key("SMTP_TLS"))?,
+        None => defaults::smtp_tls(port),
+    };
+    let from_at = At::key("SMTP_FROM");
+    let from = match var(env, "SMTP_FROM") {
+        Some(text) => check::mailbox(text, &from_at)?,
+        None => check::default_from(user.as_deref(), &host, "SMTP_FROM", &from_at)?,
+    };
     Ok(Some(SmtpSettings {
         host,
         port,
         user,
         password,
+        tls,
+        from,
+        timeout: Duration::from_millis(defaults::SMTP_TIMEOUT_MS),
     }))
 }
 
@@ -326,57 +459,22 @@ fn read_dotenv(path: &Path) -> Result<Option<Vec<(String, String)>>, ConfigError
     let Ok(text) = std::str::from_utf8(bytes) else {
         return Err(ConfigError::general("is not UTF-8 text: save it as UTF-8").in_file(&file));
     };
-    let mut vars = Vec::new();
-    for item in dotenvy::from_read_iter(text.as_bytes()) {
-        match item {
-            Ok(pair) => vars.push(pair),
-            Err(dotenvy::Error::LineParse(line, _)) => {
-                let message = "cannot parse this line (its content is not shown, it may hold a \
-                               secret): write NAME=value, and put values containing spaces, \
-                               quotes or JSON in single quotes, e.g. DOMAINS='[\"example.com\"]'";
-                let error = match dotenv_line_name(&line) {
-                    Some(name) => ConfigError::new(name, message),
-                    None => ConfigError::general(message),
-                };
-                return Err(error.with_line(line_number(text, &line)).in_file(&file));
-            }
-            Err(e) => {
-                return Err(ConfigError::general(format!(
-                    "cannot be read ({e}): check the file, or set the variables in the environment"
-                ))
-                .in_file(&file))
-            }
-        }
-    }
-    Ok(Some(vars))
-}
-
-/// The variable name at the start of an unparsable `.env` line, if it looks like one.
-fn dotenv_line_name(line: &str) -> Option<&str> {
-    let (name, _) = line.split_once('=')?;
-    let name = name.trim();
-    let name = name.strip_prefix("export ").unwrap_or(name).trim();
-    let plausible = !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
-    plausible.then_some(name)
-}
-
-/// The 1-based line where `fragment` (a logical line reported by dotenvy) starts in `text`.
-fn line_number(text: &str, fragment: &str) -> Option<usize> {
-    let fragment = fragment.trim_end_matches(['\n', '\r']);
-    if fragment.trim().is_empty() {
-        return None;
-    }
-    let start = text.find(fragment)?;
-    Some(text[..start].matches('\n').count() + 1)
+    super::dotenv::parse(text).map(Some).map_err(|e| {
+        let message = "cannot parse this line (its content is not shown, it may hold a secret): \
+                       write NAME=value, and close every quoted value, e.g. \
+                       DOMAINS='[\"example.com\"]'";
+        let error = match e.name {
+            Some(name) => ConfigError::new(name, message),
+            None => ConfigError::general(message),
+        };
+        error.with_line(Some(e.line)).in_file(&file)
+    })
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::types::SmtpTls;
     use super::*;
-    use std::time::Duration;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs
@@ -416,7 +514,15 @@ mod tests {
         assert_eq!(shop.name, "shop.example.com");
         assert_eq!(shop.domains, ["shop.example.com"]);
         assert_eq!(shop.api_key.expose(), "sk-shop-2222");
-        assert_eq!(shop.assistant_id, "asst_shop");
+        assert_eq!(
+            shop.api,
+            UpstreamApi::Assistants {
+                assistant_id: "asst_shop".into()
+            }
+        );
+        assert_eq!(shop.lead_tool, "sendEmail");
+        assert_eq!(shop.stream_format, StreamFormat::OpenAi);
+        assert_eq!(config.leads, LeadSettings::default());
         assert!(shop.lead_recipients.is_empty());
     }
 
@@ -595,6 +701,31 @@ mod tests {
         assert!(!err.contains("SECRET"), "{err}");
         let err = err_of(&two_sites(&[("DOMAINS", secret)]));
         assert!(!err.contains("SECRET"), "{err}");
+        // Nor in MODELS, INSTRUCTIONS, LEAD_TOOL or SMTP_FROM.
+        for (name, value) in [
+            ("MODELS", format!("[\"{secret}\"]")),
+            ("MODELS", format!("[\"{secret} x\"]")),
+            ("MODELS", format!("[\"{secret}\", \"b\", \"c\"]")),
+        ] {
+            let err = err_of(&two_sites_on_models(&value, &[]));
+            assert!(err.starts_with(name), "{err}");
+            assert!(!err.contains("SECRET"), "{err}");
+        }
+        for (name, value) in [
+            ("LEAD_TOOL", secret.to_string()),
+            ("STREAM_FORMAT", secret.to_string()),
+            ("LEADS_DIR", format!("{secret}\u{1}")),
+        ] {
+            let err = err_of(&two_sites(&[(name, &value)]));
+            assert!(err.starts_with(name), "{err}");
+            assert!(!err.contains("SECRET"), "{err}");
+        }
+        let err = err_of(&two_sites(&[
+            ("SMTP_HOST", "mail.x"),
+            ("SMTP_FROM", secret),
+        ]));
+        assert!(err.starts_with("SMTP_FROM"), "{err}");
+        assert!(!err.contains("SECRET"), "{err}");
         // The SMTP password is never echoed.
         let err = err_of(&two_sites(&[
             ("SMTP_HOST", "mail.x"),
@@ -638,16 +769,269 @@ mod tests {
         assert!(err.starts_with("SMTP_PASS: is missing"), "{err}");
     }
 
+    /// `two_sites` on the Responses API: ASSISTANT_IDS replaced by MODELS.
+    fn two_sites_on_models(models: &str, extra: &[(&str, &str)]) -> HashMap<String, String> {
+        let mut vars = two_sites(extra);
+        vars.remove(ASSISTANT_IDS);
+        vars.insert(MODELS.into(), models.into());
+        vars
+    }
+
+    fn responses(tenant: &Tenant) -> (&str, Option<&str>) {
+        match &tenant.api {
+            UpstreamApi::Responses {
+                model,
+                instructions,
+                tools,
+            } => {
+                assert!(tools.is_empty());
+                (model, instructions.as_deref())
+            }
+            other => panic!("expected the Responses API, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn models_select_the_responses_api_one_for_all_or_one_each() {
+        let config = from_env_map(&two_sites_on_models(r#"["gpt-5.4"]"#, &[])).unwrap();
+        for tenant in &config.tenants {
+            assert_eq!(responses(tenant), ("gpt-5.4", None));
+        }
+        let config = from_env_map(&two_sites_on_models(
+            r#"["gpt-5.4", " gpt-4.1-mini "]"#,
+            &[("INSTRUCTIONS", r#"["Be brief.\nUse English."]"#)],
+        ))
+        .unwrap();
+        assert_eq!(
+            responses(&config.tenants[0]),
+            ("gpt-5.4", Some("Be brief.\nUse English."))
+        );
+        assert_eq!(
+            responses(&config.tenants[1]),
+            ("gpt-4.1-mini", Some("Be brief.\nUse English."))
+        );
+        let config = from_env_map(&two_sites_on_models(
+            r#"["gpt-5.4"]"#,
+            &[("INSTRUCTIONS", r#"["For acme.", "For the shop."]"#)],
+        ))
+        .unwrap();
+        assert_eq!(responses(&config.tenants[0]).1, Some("For acme."));
+        assert_eq!(responses(&config.tenants[1]).1, Some("For the shop."));
+        let config = from_env_map(&two_sites_on_models(
+            r#"["gpt-5.4"]"#,
+            &[("INSTRUCTIONS", "[]")],
+        ))
+        .unwrap();
+        assert_eq!(responses(&config.tenants[0]).1, None);
+    }
+
+    #[test]
+    fn models_and_instructions_lengths_must_fit_the_domains() {
+        let three = r#"["gpt-5.4", "gpt-5.4", "gpt-5.4"]"#;
+        let err = err_of(&two_sites_on_models(three, &[]));
+        assert_eq!(
+            err,
+            "MODELS: DOMAINS has 2 entries but MODELS has 3: give one entry per domain (matched \
+             by position), or a single entry that serves every domain"
+        );
+        let err = err_of(&two_sites_on_models(
+            r#"["gpt-5.4"]"#,
+            &[("INSTRUCTIONS", r#"["a", "b", "c"]"#)],
+        ));
+        assert!(
+            err.starts_with("INSTRUCTIONS: DOMAINS has 2 entries but INSTRUCTIONS has 3"),
+            "{err}"
+        );
+        let err = err_of(&two_sites_on_models("[]", &[]));
+        assert!(err.starts_with("MODELS: is an empty array"), "{err}");
+        assert!(err.contains(r#"MODELS='["gpt-5.4"]'"#), "{err}");
+        let err = err_of(&two_sites_on_models(r#"["gpt-5.4", "gpt 4"]"#, &[]));
+        assert!(
+            err.starts_with("MODELS[1]: \"gpt 4\" contains spaces"),
+            "{err}"
+        );
+        let err = err_of(&two_sites_on_models(r#"["gpt-5.4", ""]"#, &[]));
+        assert!(err.starts_with("MODELS[1]: is empty"), "{err}");
+        let err = err_of(&two_sites_on_models("gpt-5.4", &[]));
+        assert!(err.starts_with("MODELS: is not valid JSON"), "{err}");
+        let err = err_of(&two_sites_on_models(
+            r#"["gpt-5.4"]"#,
+            &[("INSTRUCTIONS", r#""Be brief.""#)],
+        ));
+        assert!(
+            err.starts_with("INSTRUCTIONS: is JSON a string, not an array"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn assistant_ids_or_models_exactly_one() {
+        let both = two_sites(&[("MODELS", r#"["gpt-5.4"]"#)]);
+        let err = err_of(&both);
+        assert!(
+            err.starts_with("MODELS: and ASSISTANT_IDS are both set"),
+            "{err}"
+        );
+        let mut neither = two_sites(&[]);
+        neither.remove(ASSISTANT_IDS);
+        let err = err_of(&neither);
+        assert!(
+            err.starts_with("ASSISTANT_IDS: is not set, and neither is MODELS"),
+            "{err}"
+        );
+        assert!(err.contains(r#"MODELS='["gpt-5.4"]'"#), "{err}");
+        // A blank MODELS counts as unset.
+        let config = from_env_map(&two_sites(&[("MODELS", "  ")])).unwrap();
+        assert!(matches!(
+            config.tenants[0].api,
+            UpstreamApi::Assistants { .. }
+        ));
+        // MODELS alone names what else is needed.
+        let err = err_of(&env(&[("MODELS", r#"["gpt-5.4"]"#)]));
+        assert!(
+            err.starts_with("DOMAINS: is not set, but MODELS is:"),
+            "{err}"
+        );
+        let err = err_of(&env(&[
+            ("MODELS", r#"["gpt-5.4"]"#),
+            ("DOMAINS", r#"["a.com"]"#),
+        ]));
+        assert!(
+            err.starts_with("OPENAI_API_KEYS: is not set, but DOMAINS and MODELS are:"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn instructions_need_models() {
+        let err = err_of(&two_sites(&[("INSTRUCTIONS", r#"["Be brief."]"#)]));
+        assert!(
+            err.starts_with("INSTRUCTIONS: is only used with MODELS"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn stream_format_sets_every_tenant() {
+        let config = from_env_map(&two_sites(&[("STREAM_FORMAT", "widget-v1")])).unwrap();
+        for tenant in &config.tenants {
+            assert_eq!(tenant.stream_format, StreamFormat::WidgetV1);
+        }
+        let config = from_env_map(&two_sites_on_models(
+            r#"["gpt-5.4"]"#,
+            &[("STREAM_FORMAT", " openai ")],
+        ))
+        .unwrap();
+        assert_eq!(config.tenants[1].stream_format, StreamFormat::OpenAi);
+        let err = err_of(&two_sites(&[("STREAM_FORMAT", "widget")]));
+        assert!(
+            err.starts_with("STREAM_FORMAT: \"widget\" is not a stream format"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn lead_tool_and_leads_dir() {
+        let config = from_env_map(&two_sites(&[
+            ("LEAD_TOOL", "captureLead"),
+            ("LEADS_DIR", "/var/lib/leads"),
+        ]))
+        .unwrap();
+        assert!(config.tenants.iter().all(|t| t.lead_tool == "captureLead"));
+        assert_eq!(
+            config.leads,
+            LeadSettings {
+                dir: "/var/lib/leads".into(),
+                ..LeadSettings::default()
+            }
+        );
+        let err = err_of(&two_sites(&[("LEAD_TOOL", "capture lead")]));
+        assert!(err.starts_with("LEAD_TOOL:"), "{err}");
+        let err = err_of(&two_sites(&[("LEADS_DIR", "da\u{1}ta")]));
+        assert!(err.starts_with("LEADS_DIR:"), "{err}");
+    }
+
+    #[test]
+    fn smtp_tls_and_from_from_env() {
+        let smtp = |extra: &[(&str, &str)]| {
+            let mut vars = two_sites(&[("SMTP_HOST", "smtp.example.com")]);
+            vars.extend(env(extra));
+            from_env_map(&vars).map(|config| config.smtp.unwrap())
+        };
+        let plain = smtp(&[]).unwrap();
+        assert_eq!(plain.tls, SmtpTls::Opportunistic);
+        assert_eq!(plain.from, "AI Bot <chatbot@smtp.example.com>");
+        assert_eq!(plain.timeout, Duration::from_secs(10));
+        let implicit = smtp(&[("SMTP_PORT", "465")]).unwrap();
+        assert_eq!(implicit.tls, SmtpTls::Implicit);
+        let none = smtp(&[("SMTP_PORT", "465"), ("SMTP_TLS", "none")]).unwrap();
+        assert_eq!(none.tls, SmtpTls::None);
+        assert_eq!(
+            smtp(&[("SMTP_TLS", "starttls")]).unwrap().tls,
+            SmtpTls::StartTls
+        );
+        let with_user = smtp(&[("SMTP_USER", "bot@acme.com"), ("SMTP_PASS", "pw")]).unwrap();
+        assert_eq!(with_user.from, "AI Bot <bot@acme.com>");
+        let not_an_address = smtp(&[("SMTP_USER", "apikey"), ("SMTP_PASS", "pw")]).unwrap();
+        assert_eq!(not_an_address.from, "AI Bot <chatbot@smtp.example.com>");
+        let set = smtp(&[("SMTP_FROM", "Acme <leads@acme.com>")]).unwrap();
+        assert_eq!(set.from, "Acme <leads@acme.com>");
+
+        let err = smtp(&[("SMTP_TLS", "ssl")]).unwrap_err().to_string();
+        assert!(
+            err.starts_with("SMTP_TLS: \"ssl\" is not a TLS mode"),
+            "{err}"
+        );
+        let err = smtp(&[("SMTP_FROM", "Acme <leads@acme.com>\r\nBcc: x@y.z")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("SMTP_FROM:"), "{err}");
+        assert!(err.contains("line break"), "{err}");
+        let err = smtp(&[("SMTP_FROM", "nobody")]).unwrap_err().to_string();
+        assert!(
+            err.starts_with("SMTP_FROM: \"nobody\" is not a mailbox"),
+            "{err}"
+        );
+        // Without SMTP_HOST the new variables are ignored (with a warning), as before.
+        let config = from_env_map(&two_sites(&[("SMTP_TLS", "ssl")])).unwrap();
+        assert!(config.smtp.is_none());
+    }
+
     #[test]
     fn example_env_file_parses() {
         let text = include_str!("../../conf/example.env");
-        let vars: HashMap<String, String> = dotenvy::from_read_iter(text.as_bytes())
-            .collect::<Result<_, _>>()
-            .expect("example.env is valid dotenv syntax");
+        let vars: HashMap<String, String> = super::super::dotenv::parse(text)
+            .expect("example.env is valid dotenv syntax")
+            .into_iter()
+            .collect();
         let config = from_env_map(&vars).unwrap();
         assert_eq!(config.tenants.len(), 2);
         assert_eq!(config.tenants[0].name, "acme.com");
-        assert!(config.smtp.is_some());
+        assert!(matches!(
+            config.tenants[1].api,
+            UpstreamApi::Assistants { .. }
+        ));
+        assert_eq!(config.tenants[1].stream_format, StreamFormat::OpenAi);
+        assert_eq!(config.tenants[1].lead_tool, "sendEmail");
+        assert_eq!(config.leads, LeadSettings::default());
+        let smtp = config.smtp.unwrap();
+        assert_eq!(smtp.tls, SmtpTls::Opportunistic);
+        assert_eq!(smtp.from, "AI Bot <bot@example.com>");
+
+        // The commented-out Responses API variant works too.
+        let text = text
+            .replace("ASSISTANT_IDS=", "# ASSISTANT_IDS=")
+            .replace("# MODELS=", "MODELS=")
+            .replace("# INSTRUCTIONS=", "INSTRUCTIONS=");
+        let vars: HashMap<String, String> = super::super::dotenv::parse(&text)
+            .unwrap()
+            .into_iter()
+            .collect();
+        let config = from_env_map(&vars).unwrap();
+        assert!(
+            matches!(&config.tenants[1].api, UpstreamApi::Responses { model, instructions: Some(text), .. }
+                if model == "gpt-5.4" && text.contains("widgets.example"))
+        );
     }
 
     /// A directory under the system temp dir, removed on drop.
@@ -688,7 +1072,13 @@ mod tests {
             .unwrap();
         let tenant = &config.tenants[0];
         assert_eq!(tenant.api_key.expose(), "sk-from-file", "taken from .env");
-        assert_eq!(tenant.assistant_id, "asst_process", "the process env wins");
+        assert_eq!(
+            tenant.api,
+            UpstreamApi::Assistants {
+                assistant_id: "asst_process".into()
+            },
+            "the process env wins"
+        );
         assert_eq!(
             config.server.listen, "0.0.0.0:4001",
             "a later line of .env wins"

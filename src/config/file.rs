@@ -5,23 +5,34 @@
 //! key (`tenants[1].assistant_id`) and its line. Errors from the TOML parser itself (syntax,
 //! unknown or duplicate keys) get their line from the error's span and their key from the
 //! surrounding table headers. `api_key_env` / `password_env` are looked up in the environment
-//! map the caller passes.
+//! map the caller passes; `instructions_file` is read relative to the file's directory.
+//! `tools` entries are deserialized straight into JSON values, so they reach the upstream
+//! exactly as written (same keys, same order).
 
 use std::collections::HashMap;
 use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
 
 use serde::Deserialize;
 use toml::{Spanned, Value};
 
-use super::check::{self, At, DomainOwners};
+use super::check::{self, ApiKind, At, DomainOwners};
 use super::defaults;
 use super::error::ConfigError;
 use super::types::{
-    Config, Limits, Secret, ServerSettings, SmtpSettings, Tenant, UpstreamSettings,
+    Config, LeadSettings, Limits, Secret, ServerSettings, SmtpSettings, StreamFormat, Tenant,
+    UpstreamApi, UpstreamSettings,
 };
 
 /// An optional leaf value with its position.
 type Field = Option<Spanned<Value>>;
+
+/// An optional value kept as JSON (for `tools`), with its position.
+type JsonField = Option<Spanned<serde_json::Value>>;
+
+/// The key under which TOML date-times reach a deserializer that is not TOML's own.
+const TOML_DATETIME_KEY: &str = "$__toml_private_datetime";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,6 +41,7 @@ struct RawConfig {
     upstream: Option<RawUpstream>,
     limits: Option<RawLimits>,
     smtp: Option<Spanned<RawSmtp>>,
+    leads: Option<RawLeads>,
     tenants: Option<Spanned<Vec<Spanned<RawTenant>>>>,
 }
 
@@ -68,6 +80,19 @@ struct RawSmtp {
     user: Field,
     password: Field,
     password_env: Field,
+    tls: Field,
+    from: Field,
+    timeout_ms: Field,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLeads {
+    dir: Field,
+    max_per_conversation: Field,
+    max_per_tenant_per_hour: Field,
+    max_tool_rounds: Field,
+    send_timeout_ms: Field,
 }
 
 #[derive(Deserialize)]
@@ -77,8 +102,15 @@ struct RawTenant {
     domains: Field,
     api_key: Field,
     api_key_env: Field,
+    api: Field,
     assistant_id: Field,
+    model: Field,
+    instructions: Field,
+    instructions_file: Field,
+    tools: JsonField,
     lead_recipients: Field,
+    lead_tool: Field,
+    stream_format: Field,
 }
 
 /// Keys whose values are secrets: a parser error on their line is checked for leaks.
@@ -86,25 +118,47 @@ const SECRET_KEYS: [&str; 2] = ["api_key", "password"];
 
 /// Parses and validates a TOML configuration.
 ///
-/// `source_name` is how the file is named in errors (e.g. `chatbot-proxy.toml`); `env` supplies
-/// the variables named by `api_key_env` and `password_env`.
+/// `source_name` is how the file is named in errors (e.g. `chatbot-proxy.toml`); it is also
+/// taken as the file's path: a relative `instructions_file` is read from its directory (the
+/// working directory when the name has none). `env` supplies the variables named by
+/// `api_key_env` and `password_env`.
 pub fn from_toml_str(
     text: &str,
     source_name: &str,
     env: &HashMap<String, String>,
 ) -> Result<Config, ConfigError> {
-    parse(text, env).map_err(|e| e.in_file(source_name))
+    let base_dir = Path::new(source_name).parent().unwrap_or(Path::new(""));
+    from_toml_str_in(text, source_name, base_dir, env)
 }
 
-fn parse(text: &str, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+/// [`from_toml_str`] with the directory that relative `instructions_file` paths start from.
+pub(crate) fn from_toml_str_in(
+    text: &str,
+    source_name: &str,
+    base_dir: &Path,
+    env: &HashMap<String, String>,
+) -> Result<Config, ConfigError> {
+    parse(text, base_dir, env).map_err(|e| e.in_file(source_name))
+}
+
+fn parse(
+    text: &str,
+    base_dir: &Path,
+    env: &HashMap<String, String>,
+) -> Result<Config, ConfigError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let raw: RawConfig = toml::from_str(text).map_err(|e| parser_error(text, &e))?;
-    let doc = Doc { text, env };
+    let doc = Doc {
+        text,
+        env,
+        base_dir,
+    };
     let config = Config {
         server: doc.server(raw.server)?,
         upstream: doc.upstream(raw.upstream)?,
         limits: doc.limits(raw.limits)?,
         smtp: raw.smtp.map(|smtp| doc.smtp(smtp)).transpose()?,
+        leads: doc.leads(raw.leads)?,
         tenants: doc.tenants(raw.tenants)?,
     };
     check::finish(&config);
@@ -121,10 +175,12 @@ fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
-/// The document being converted, for positions and environment look-ups.
+/// The document being converted, for positions, environment look-ups and file reads.
 struct Doc<'a> {
     text: &'a str,
     env: &'a HashMap<String, String>,
+    /// The directory of the configuration file (empty: the working directory).
+    base_dir: &'a Path,
 }
 
 impl Doc<'_> {
@@ -380,20 +436,92 @@ impl Doc<'_> {
             (None, None) => None,
         };
         check::smtp_credentials(user.as_deref(), password.as_ref(), &user_at, &password_at)?;
+
+        let tls = match &raw.tls {
+            Some(field) => {
+                let at = self.located("smtp.tls", field);
+                check::smtp_tls(&self.string(field, &at, "tls = \"starttls\"")?, &at)?
+            }
+            None => defaults::smtp_tls(port),
+        };
+        let from = match &raw.from {
+            Some(field) => {
+                let at = self.located("smtp.from", field);
+                let text = self.string(field, &at, "from = \"AI Bot <bot@example.com>\"")?;
+                check::mailbox(&text, &at)?
+            }
+            None => check::default_from(user.as_deref(), &host, "smtp.from", &table.field("from"))?,
+        };
+        let timeout = Duration::from_millis(self.bounded(
+            &raw.timeout_ms,
+            "smtp.timeout_ms",
+            &check::SMTP_TIMEOUT_MS,
+            defaults::SMTP_TIMEOUT_MS,
+        )?);
         Ok(SmtpSettings {
             host,
             port,
             user,
             password,
+            tls,
+            from,
+            timeout,
         })
+    }
+
+    fn leads(&self, raw: Option<RawLeads>) -> Result<LeadSettings, ConfigError> {
+        let mut leads = LeadSettings::default();
+        let Some(raw) = raw else {
+            return Ok(leads);
+        };
+        if let Some(field) = &raw.dir {
+            let at = self.located("leads.dir", field);
+            leads.dir = check::leads_dir(&self.string(field, &at, "dir = \"data\"")?, &at)?;
+        }
+        let counts = [
+            (
+                &mut leads.max_per_conversation,
+                &raw.max_per_conversation,
+                "leads.max_per_conversation",
+                &check::LEADS_PER_CONVERSATION,
+                defaults::MAX_LEADS_PER_CONVERSATION,
+            ),
+            (
+                &mut leads.max_per_tenant_per_hour,
+                &raw.max_per_tenant_per_hour,
+                "leads.max_per_tenant_per_hour",
+                &check::LEADS_PER_HOUR,
+                defaults::MAX_LEADS_PER_TENANT_PER_HOUR,
+            ),
+            (
+                &mut leads.max_tool_rounds,
+                &raw.max_tool_rounds,
+                "leads.max_tool_rounds",
+                &check::TOOL_ROUNDS,
+                defaults::MAX_TOOL_ROUNDS,
+            ),
+        ];
+        for (slot, field, key, bounds, default) in counts {
+            let value = self.bounded(field, key, bounds, u64::from(default))?;
+            // The bounds keep every count far below u32::MAX.
+            *slot = u32::try_from(value).unwrap_or(default);
+        }
+        leads.send_timeout = Duration::from_millis(self.bounded(
+            &raw.send_timeout_ms,
+            "leads.send_timeout_ms",
+            &check::SEND_TIMEOUT_MS,
+            defaults::LEAD_SEND_TIMEOUT_MS,
+        )?);
+        Ok(leads)
     }
 
     fn tenants(
         &self,
         raw: Option<Spanned<Vec<Spanned<RawTenant>>>>,
     ) -> Result<Vec<Tenant>, ConfigError> {
-        const HOW: &str = "add a [[tenants]] table with domains, api_key_env (or api_key) and \
-                           assistant_id; see conf/chatbot-proxy.toml";
+        const HOW: &str = "add a [[tenants]] table with domains, api_key_env (or api_key), and \
+                           assistant_id (Assistants API) or model (Responses API); see \
+                           conf/chatbot-proxy.toml";
         let Some(list) = raw else {
             return Err(ConfigError::new(
                 "tenants",
@@ -470,20 +598,23 @@ impl Doc<'_> {
 
         let api_key = self.api_key(raw, table, &name)?;
 
-        let Some(assistant_field) = &raw.assistant_id else {
-            return Err(table.field("assistant_id").err(
-                "is missing: add assistant_id = \"asst_...\" (copy it from the OpenAI dashboard)",
-            ));
+        let lead_tool = match &raw.lead_tool {
+            Some(field) => {
+                let at = self.located(format!("{}.lead_tool", table.key), field);
+                let text = self.string(field, &at, "lead_tool = \"sendEmail\"")?;
+                check::function_name(&text, &at)?
+            }
+            None => defaults::LEAD_TOOL.to_string(),
         };
-        let assistant_at = self.located(format!("{}.assistant_id", table.key), assistant_field);
-        let assistant_id = check::assistant_id(
-            &self.string(
-                assistant_field,
-                &assistant_at,
-                "assistant_id = \"asst_...\"",
-            )?,
-            &assistant_at,
-        )?;
+        let stream_format = match &raw.stream_format {
+            Some(field) => {
+                let at = self.located(format!("{}.stream_format", table.key), field);
+                let text = self.string(field, &at, "stream_format = \"openai\"")?;
+                check::stream_format(&text, &at)?
+            }
+            None => StreamFormat::default(),
+        };
+        let api = self.upstream_api(raw, table, &name, &lead_tool)?;
 
         let mut lead_recipients = Vec::new();
         if let Some(field) = &raw.lead_recipients {
@@ -499,9 +630,223 @@ impl Doc<'_> {
             name,
             domains: domains.into_iter().map(|(d, _)| d).collect(),
             api_key,
-            assistant_id,
+            api,
             lead_recipients,
+            lead_tool,
+            stream_format,
         })
+    }
+
+    /// The tenant's upstream API: `api` if set, else inferred from which of `assistant_id` /
+    /// `model` is present; then the settings that API takes.
+    fn upstream_api(
+        &self,
+        raw: &RawTenant,
+        table: &At,
+        name: &str,
+        lead_tool: &str,
+    ) -> Result<UpstreamApi, ConfigError> {
+        let key = |field: &str| format!("{}.{field}", table.key);
+        let choice = match &raw.api {
+            Some(field) => {
+                let api_at = self.located(key("api"), field);
+                let kind = check::api_kind(
+                    &self.string(field, &api_at, "api = \"responses\"")?,
+                    &api_at,
+                )?;
+                let (wanted, unwanted, example) = match kind {
+                    ApiKind::Assistants => (
+                        (&raw.assistant_id, "assistant_id"),
+                        (&raw.model, "model"),
+                        "assistant_id = \"asst_...\" (copy it from the OpenAI dashboard)",
+                    ),
+                    ApiKind::Responses => (
+                        (&raw.model, "model"),
+                        (&raw.assistant_id, "assistant_id"),
+                        "model = \"gpt-5.4\"",
+                    ),
+                };
+                let (api, other_api) = match kind {
+                    ApiKind::Assistants => ("assistants", "responses"),
+                    ApiKind::Responses => ("responses", "assistants"),
+                };
+                if let (Some(field), unwanted_key) = unwanted {
+                    return Err(self.located(key(unwanted_key), field).err(format!(
+                        "is set, but api = \"{api}\" does not use it: remove it, or write \
+                         api = \"{other_api}\""
+                    )));
+                }
+                match wanted {
+                    (Some(field), _) => (kind, field),
+                    (None, wanted_key) => {
+                        let at = At {
+                            key: key(wanted_key),
+                            line: api_at.line,
+                        };
+                        return Err(at.err(format!("is missing: api = \"{api}\" needs {example}")));
+                    }
+                }
+            }
+            None => {
+                // `tenants[1] (acme)`, unless the name looks like a secret.
+                let label = if check::shown(name).starts_with('"') {
+                    format!("{} ({name})", table.key)
+                } else {
+                    table.key.clone()
+                };
+                match (&raw.assistant_id, &raw.model) {
+                    (Some(field), None) => (ApiKind::Assistants, field),
+                    (None, Some(field)) => (ApiKind::Responses, field),
+                    (Some(assistant), Some(model)) => {
+                        let later = if assistant.span().start > model.span().start {
+                            assistant
+                        } else {
+                            model
+                        };
+                        return Err(self.located(label, later).err(
+                            "set either assistant_id (Assistants API) or model (Responses API), \
+                             not both",
+                        ));
+                    }
+                    (None, None) => {
+                        let at = At {
+                            key: label,
+                            line: table.line,
+                        };
+                        return Err(at.err(
+                            "set either assistant_id (Assistants API) or model (Responses API): \
+                             add assistant_id = \"asst_...\" or model = \"gpt-5.4\"",
+                        ));
+                    }
+                }
+            }
+        };
+
+        match choice {
+            (ApiKind::Assistants, field) => {
+                const ELSEWHERE: &str = "is only for the Responses API: with the Assistants API \
+                     the instructions and tools live in the assistant on OpenAI's side; set them \
+                     there and remove this key, or replace assistant_id with model";
+                for (extra, extra_key) in [
+                    (&raw.instructions, "instructions"),
+                    (&raw.instructions_file, "instructions_file"),
+                ] {
+                    if let Some(extra) = extra {
+                        return Err(self.located(key(extra_key), extra).err(ELSEWHERE));
+                    }
+                }
+                if let Some(tools) = &raw.tools {
+                    return Err(self.at(key("tools"), &tools.span()).err(ELSEWHERE));
+                }
+                let at = self.located(key("assistant_id"), field);
+                let text = self.string(field, &at, "assistant_id = \"asst_...\"")?;
+                Ok(UpstreamApi::Assistants {
+                    assistant_id: check::assistant_id(&text, &at)?,
+                })
+            }
+            (ApiKind::Responses, field) => {
+                let at = self.located(key("model"), field);
+                let model = check::model(&self.string(field, &at, "model = \"gpt-5.4\"")?, &at)?;
+                let instructions = match (&raw.instructions, &raw.instructions_file) {
+                    (Some(_), Some(file)) => {
+                        return Err(self.located(key("instructions_file"), file).err(format!(
+                            "and {} are both set: keep one (the text itself, or the file \
+                             holding it)",
+                            key("instructions")
+                        )))
+                    }
+                    (Some(field), None) => {
+                        let at = self.located(key("instructions"), field);
+                        let text = self.string(field, &at, "instructions = \"You are ...\"")?;
+                        Some(check::instructions(&text, "the text", &at)?)
+                    }
+                    (None, Some(field)) => {
+                        let at = self.located(key("instructions_file"), field);
+                        Some(self.instructions_file(field, &at)?)
+                    }
+                    (None, None) => None,
+                };
+                let tools = match &raw.tools {
+                    Some(field) => self.tools(field, &key("tools"), lead_tool)?,
+                    None => Vec::new(),
+                };
+                Ok(UpstreamApi::Responses {
+                    model,
+                    instructions,
+                    tools,
+                })
+            }
+        }
+    }
+
+    /// The instructions in the file named by `field`, relative to the configuration's directory.
+    fn instructions_file(&self, field: &Spanned<Value>, at: &At) -> Result<String, ConfigError> {
+        let name = self.string(field, at, "instructions_file = \"acme-instructions.txt\"")?;
+        let name = name.trim();
+        if name.is_empty() {
+            return Err(at.err(
+                "is empty: write the path of a UTF-8 text file holding the instructions, \
+                 relative to this file's directory",
+            ));
+        }
+        let path = self.base_dir.join(name);
+        let place = if Path::new(name).is_absolute() {
+            String::new()
+        } else if self.base_dir.as_os_str().is_empty() {
+            " (relative paths start from the working directory)".to_string()
+        } else {
+            format!(
+                " (relative paths start from {}, the directory of this file)",
+                self.base_dir.display()
+            )
+        };
+        let bytes = std::fs::read(&path).map_err(|e| {
+            at.err(format!(
+                "cannot read {}{place}: {e}; check the path and the file's permissions",
+                check::shown(name)
+            ))
+        })?;
+        let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+        let Ok(text) = std::str::from_utf8(bytes) else {
+            return Err(at.err(format!(
+                "{}{place} is not UTF-8 text: save it as UTF-8",
+                check::shown(name)
+            )));
+        };
+        check::instructions(text, &format!("the file {}", check::shown(name)), at)
+    }
+
+    /// `tools`: an array of tables, each passed through as JSON; every entry gets its own
+    /// key (`tools[i]`) and line.
+    fn tools(
+        &self,
+        field: &Spanned<serde_json::Value>,
+        key: &str,
+        lead_tool: &str,
+    ) -> Result<Vec<serde_json::Value>, ConfigError> {
+        let at = self.at(key, &field.span());
+        let serde_json::Value::Array(items) = field.get_ref() else {
+            return Err(at.err(format!(
+                "must be an array of tables, not {}: write e.g. tools = [{{ type = \
+                 \"file_search\", vector_store_ids = [\"vs_...\"] }}]",
+                toml_kind(field.get_ref())
+            )));
+        };
+        let spans = element_spans(self.text, &field.span());
+        for (i, item) in items.iter().enumerate() {
+            let item_at = match spans.as_ref().and_then(|s| s.get(i)) {
+                Some(span) => self.at(format!("{key}[{i}]"), span),
+                None => at.index(i),
+            };
+            if has_datetime(item) {
+                return Err(item_at.err(
+                    "contains a date or time: tool definitions take strings, numbers, booleans, \
+                     arrays and tables only; write the date as a string in double quotes",
+                ));
+            }
+            check::tool(item, lead_tool, &item_at)?;
+        }
+        Ok(items.clone())
     }
 
     /// Exactly one of `api_key` / `api_key_env`; the variable must be set.
@@ -547,14 +892,38 @@ fn last_segment(key: &str) -> &str {
     key.rsplit('.').next().unwrap_or(key)
 }
 
+/// Whether a value converted from TOML holds a date-time anywhere.
+fn has_datetime(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::Object(map) => {
+            map.contains_key(TOML_DATETIME_KEY) || map.values().any(has_datetime)
+        }
+        serde_json::Value::Array(items) => items.iter().any(has_datetime),
+        _ => false,
+    }
+}
+
+/// "a string", "a date-time", ... for a value converted from TOML.
+fn toml_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Object(map) if map.contains_key(TOML_DATETIME_KEY) => "a date-time",
+        serde_json::Value::Object(_) => "a table",
+        other => check::json_kind(other),
+    }
+}
+
 /// The spans of the elements of the array written at `span`, found by parsing that slice
-/// again on its own (a `Value` keeps no positions for its elements).
+/// again on its own (a `Value` keeps no positions for its elements). An array of tables
+/// (`[[tenants.tools]]` headers) gets one span per header.
 fn element_spans(text: &str, span: &Range<usize>) -> Option<Vec<Range<usize>>> {
     #[derive(Deserialize)]
     struct Wrapper {
         x: Vec<Spanned<Value>>,
     }
     let slice = text.get(span.clone())?;
+    if slice.starts_with("[[") {
+        return table_array_spans(slice, span.start);
+    }
     let prefix = "x = ";
     let wrapper: Wrapper = toml::from_str(&format!("{prefix}{slice}")).ok()?;
     let shift = span.start;
@@ -566,6 +935,29 @@ fn element_spans(text: &str, span: &Range<usize>) -> Option<Vec<Range<usize>>> {
                 let s = item.span();
                 (s.start - prefix.len() + shift)..(s.end - prefix.len() + shift)
             })
+            .collect(),
+    )
+}
+
+/// The spans of the tables of an array of tables written as `[[a.b]]` sections: each runs
+/// from one header written like the first to the next. `shift` is where `slice` starts.
+fn table_array_spans(slice: &str, shift: usize) -> Option<Vec<Range<usize>>> {
+    let header_of = |line: &str| line.split('#').next().unwrap_or("").trim().to_string();
+    let first = header_of(slice.split('\n').next()?);
+    let mut starts = Vec::new();
+    let mut offset = 0;
+    for line in slice.split_inclusive('\n') {
+        if header_of(line) == first {
+            starts.push(offset);
+        }
+        offset += line.len();
+    }
+    let ends = starts.iter().skip(1).copied().chain([slice.len()]);
+    Some(
+        starts
+            .iter()
+            .zip(ends)
+            .map(|(&start, end)| (start + shift)..(end + shift))
             .collect(),
     )
 }
@@ -693,8 +1085,8 @@ fn is_key_text(text: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::super::types::SmtpTls;
     use super::*;
-    use std::time::Duration;
 
     const FILE: &str = "chatbot-proxy.toml";
 
@@ -753,6 +1145,16 @@ assistant_id = "asst_minimal"
         assert_eq!(tenant.name, "acme.com", "name defaults to the first domain");
         assert_eq!(tenant.api_key.expose(), "sk-minimal-0000");
         assert!(tenant.lead_recipients.is_empty());
+        assert_eq!(
+            tenant.api,
+            UpstreamApi::Assistants {
+                assistant_id: "asst_minimal".into()
+            },
+            "assistant_id alone selects the Assistants API"
+        );
+        assert_eq!(tenant.lead_tool, "sendEmail");
+        assert_eq!(tenant.stream_format, StreamFormat::OpenAi);
+        assert_eq!(config.leads, LeadSettings::default());
     }
 
     #[test]
@@ -760,16 +1162,57 @@ assistant_id = "asst_minimal"
         let text = include_str!("../../conf/chatbot-proxy.toml");
         let vars = env(&[
             ("ACME_OPENAI_KEY", "sk-acme-example"),
+            ("BISTRO_OPENAI_KEY", "sk-bistro-example"),
             ("SMTP_PASS", "smtp-example-pass"),
         ]);
         let config = from_toml_str(text, "conf/chatbot-proxy.toml", &vars).unwrap();
-        assert_eq!(config.tenants.len(), 2);
-        assert_eq!(config.tenants[0].name, "acme");
-        assert_eq!(config.tenants[0].domains, ["acme.com", "*.acme.com"]);
-        assert_eq!(config.tenants[0].api_key.expose(), "sk-acme-example");
-        assert_eq!(config.tenants[1].lead_recipients.len(), 2);
+        assert_eq!(config.tenants.len(), 3);
+        let [acme, widgets, bistro] = &config.tenants[..] else {
+            unreachable!()
+        };
+        assert_eq!(acme.name, "acme");
+        assert_eq!(acme.domains, ["acme.com", "*.acme.com"]);
+        assert_eq!(acme.api_key.expose(), "sk-acme-example");
+        assert_eq!(
+            acme.api,
+            UpstreamApi::Assistants {
+                assistant_id: "asst_acme0123456789".into()
+            }
+        );
+        assert_eq!(widgets.lead_recipients.len(), 2);
+        assert_eq!(widgets.stream_format, StreamFormat::WidgetV1);
+        assert!(matches!(widgets.api, UpstreamApi::Assistants { .. }));
+        assert_eq!(bistro.api_key.expose(), "sk-bistro-example");
+        let UpstreamApi::Responses {
+            model,
+            instructions,
+            tools,
+        } = &bistro.api
+        else {
+            panic!("bistro uses the Responses API: {:?}", bistro.api)
+        };
+        assert_eq!(model, "gpt-5.4");
+        let instructions = instructions.as_deref().unwrap();
+        assert!(instructions.starts_with("You are the friendly assistant"));
+        assert!(
+            instructions.ends_with("with them."),
+            "trimmed: {instructions:?}"
+        );
+        assert_eq!(
+            tools,
+            &[
+                serde_json::json!({"type": "file_search", "vector_store_ids": ["vs_bistro0123456789"]})
+            ]
+        );
+        for tenant in &config.tenants {
+            assert_eq!(tenant.lead_tool, "sendEmail");
+        }
         let smtp = config.smtp.expect("the example configures SMTP");
         assert_eq!(smtp.password.unwrap().expose(), "smtp-example-pass");
+        assert_eq!(smtp.tls, SmtpTls::Opportunistic);
+        assert_eq!(smtp.from, "AI Bot <bot@example.com>");
+        assert_eq!(smtp.timeout, Duration::from_secs(10));
+        assert_eq!(config.leads, LeadSettings::default());
         assert_eq!(config.server.prefix, "/open-ai");
     }
 
@@ -1070,7 +1513,18 @@ assistant_id = "asst_b"
     #[test]
     fn assistant_id_rules() {
         let err = load_err("[[tenants]]\ndomains = [\"a.com\"]\napi_key = \"sk-a1\"\n");
-        assert!(err.contains("tenants[0].assistant_id: is missing"), "{err}");
+        assert_eq!(
+            err,
+            "chatbot-proxy.toml line 1: tenants[0] (a.com): set either assistant_id (Assistants \
+             API) or model (Responses API): add assistant_id = \"asst_...\" or model = \"gpt-5.4\""
+        );
+        let err = load_err(
+            "[[tenants]]\ndomains = [\"a.com\"]\napi_key = \"sk-a1\"\napi = \"assistants\"\n",
+        );
+        assert!(
+            err.starts_with("chatbot-proxy.toml line 4: tenants[0].assistant_id: is missing"),
+            "{err}"
+        );
         let err = load_err(
             "[[tenants]]\ndomains = [\"a.com\"]\napi_key = \"sk-a1\"\nassistant_id = \"\"\n",
         );
@@ -1136,6 +1590,531 @@ assistant_id = "asst_b"
         assert_eq!(smtp.password.unwrap().expose(), "pw-1");
     }
 
+    /// One tenant: `[[tenants]]` (line 1), name (2), domains (3), api_key (4), `rest` (5+).
+    fn named(rest: &str) -> String {
+        format!("[[tenants]]\nname = \"acme\"\ndomains = [\"a.com\"]\napi_key = \"sk-a1\"\n{rest}")
+    }
+
+    #[test]
+    fn model_alone_selects_the_responses_api() {
+        let config = load(&named("model = \"gpt-5.4\"\n")).unwrap();
+        assert_eq!(
+            config.tenants[0].api,
+            UpstreamApi::Responses {
+                model: "gpt-5.4".into(),
+                instructions: None,
+                tools: Vec::new(),
+            }
+        );
+        let config = load(&named("api = \"responses\"\nmodel = \" gpt-4.1-mini \"\n")).unwrap();
+        assert!(
+            matches!(&config.tenants[0].api, UpstreamApi::Responses { model, .. } if model == "gpt-4.1-mini")
+        );
+        let config = load(&named("api = \"assistants\"\nassistant_id = \"asst_x\"\n")).unwrap();
+        assert_eq!(
+            config.tenants[0].api,
+            UpstreamApi::Assistants {
+                assistant_id: "asst_x".into()
+            }
+        );
+    }
+
+    #[test]
+    fn assistant_id_and_model_together_name_the_tenant() {
+        let text = format!(
+            "{MINIMAL}\n{}",
+            named("assistant_id = \"asst_b\"\nmodel = \"gpt-5.4\"\n").replace("a.com", "b.com")
+        );
+        let err = load(&text).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "chatbot-proxy.toml line 12: tenants[1] (acme): set either assistant_id (Assistants \
+             API) or model (Responses API), not both"
+        );
+        assert_eq!(err.key(), Some("tenants[1] (acme)"));
+        // The later of the two keys is pointed at, whichever order they are in.
+        let err = load(&named("model = \"gpt-5.4\"\nassistant_id = \"asst_b\"\n")).unwrap_err();
+        assert_eq!(err.line(), Some(6), "{err}");
+        // Neither: the tenant's header line.
+        let err = load(&format!(
+            "{MINIMAL}\n{}",
+            named("").replace("a.com", "b.com")
+        ))
+        .unwrap_err();
+        assert_eq!(err.line(), Some(7), "{err}");
+        assert!(
+            err.to_string().contains("tenants[1] (acme): set either"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn explicit_api_needs_its_field_and_refuses_the_other() {
+        let err = load_err(&named("api = \"responses\"\nassistant_id = \"asst_a\"\n"));
+        assert!(
+            err.starts_with(
+                "chatbot-proxy.toml line 6: tenants[0].assistant_id: is set, but api = \
+                 \"responses\" does not use it"
+            ),
+            "{err}"
+        );
+        let err = load_err(&named("api = \"responses\"\n"));
+        assert!(
+            err.starts_with("chatbot-proxy.toml line 5: tenants[0].model: is missing: api = \"responses\" needs model"),
+            "{err}"
+        );
+        let err = load_err(&named(
+            "api = \"assistants\"\nassistant_id = \"asst_a\"\nmodel = \"gpt-5.4\"\n",
+        ));
+        assert!(
+            err.starts_with(
+                "chatbot-proxy.toml line 7: tenants[0].model: is set, but api = \"assistants\""
+            ),
+            "{err}"
+        );
+        let err = load_err(&named("api = \"chat\"\nmodel = \"gpt-5.4\"\n"));
+        assert!(
+            err.starts_with("chatbot-proxy.toml line 5: tenants[0].api: \"chat\" is not an API"),
+            "{err}"
+        );
+        let err = load_err(&named("api = 1\nmodel = \"gpt-5.4\"\n"));
+        assert!(
+            err.starts_with("chatbot-proxy.toml line 5: tenants[0].api: must be a string"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn model_rules_in_the_file() {
+        let err = load_err(&named("model = \"\"\n"));
+        assert!(
+            err.starts_with("chatbot-proxy.toml line 5: tenants[0].model: is empty"),
+            "{err}"
+        );
+        let err = load_err(&named("model = \"gpt 5\"\n"));
+        assert!(
+            err.starts_with(
+                "chatbot-proxy.toml line 5: tenants[0].model: \"gpt 5\" contains spaces"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn responses_settings_are_refused_with_the_assistants_api() {
+        for (extra, key) in [
+            ("instructions = \"Be brief.\"", "instructions"),
+            ("instructions_file = \"a.txt\"", "instructions_file"),
+            ("tools = [{ type = \"file_search\" }]", "tools"),
+        ] {
+            let err = load_err(&named(&format!("assistant_id = \"asst_a\"\n{extra}\n")));
+            assert!(
+                err.starts_with(&format!(
+                    "chatbot-proxy.toml line 6: tenants[0].{key}: is only for the Responses API"
+                )),
+                "{err}"
+            );
+            assert!(err.contains("OpenAI's side"), "{err}");
+        }
+    }
+
+    #[test]
+    fn instructions_rules() {
+        let config = load(&named(
+            "model = \"gpt-5.4\"\ninstructions = \"\"\"\n  Be brief.\n\"\"\"\n",
+        ))
+        .unwrap();
+        assert!(
+            matches!(&config.tenants[0].api, UpstreamApi::Responses { instructions: Some(text), .. } if text == "Be brief.")
+        );
+        let err = load_err(&named("model = \"gpt-5.4\"\ninstructions = \"  \"\n"));
+        assert!(
+            err.starts_with(
+                "chatbot-proxy.toml line 6: tenants[0].instructions: the text is empty"
+            ),
+            "{err}"
+        );
+        let err = load_err(&named(
+            "model = \"gpt-5.4\"\ninstructions = \"Be brief.\"\ninstructions_file = \"a.txt\"\n",
+        ));
+        assert!(
+            err.starts_with(
+                "chatbot-proxy.toml line 7: tenants[0].instructions_file: and \
+                 tenants[0].instructions are both set"
+            ),
+            "{err}"
+        );
+    }
+
+    /// A directory under the system temp dir, removed on drop.
+    struct TempDir(std::path::PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> Self {
+            let dir = std::env::temp_dir()
+                .join(format!("chatbot-proxy-file-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn instructions_of(config: &Config) -> Option<&str> {
+        match &config.tenants[0].api {
+            UpstreamApi::Responses { instructions, .. } => instructions.as_deref(),
+            UpstreamApi::Assistants { .. } => None,
+        }
+    }
+
+    #[test]
+    fn instructions_file_is_read_relative_to_the_toml_directory() {
+        let dir = TempDir::new("instructions");
+        std::fs::create_dir_all(dir.0.join("prompts")).unwrap();
+        std::fs::write(
+            dir.0.join("prompts/acme.txt"),
+            "\u{feff}You are the assistant of acme.\nBe brief.\n\n",
+        )
+        .unwrap();
+        let text = named("model = \"gpt-5.4\"\ninstructions_file = \"prompts/acme.txt\"\n");
+        let path = dir.0.join("chatbot-proxy.toml");
+        std::fs::write(&path, &text).unwrap();
+
+        // Through `load`, as `--config PATH` does: the working directory does not matter.
+        let config = super::super::load(Some(&path)).unwrap();
+        assert_eq!(
+            instructions_of(&config),
+            Some("You are the assistant of acme.\nBe brief.")
+        );
+        // Through `from_toml_str`, with the path as the source name.
+        let name = path.display().to_string();
+        let config = from_toml_str(&text, &name, &env(&[])).unwrap();
+        assert_eq!(
+            instructions_of(&config),
+            Some("You are the assistant of acme.\nBe brief.")
+        );
+        // An absolute path is taken as it is.
+        let absolute = dir.0.join("prompts/acme.txt");
+        let text_abs = named(&format!(
+            "model = \"gpt-5.4\"\ninstructions_file = {:?}\n",
+            absolute.display().to_string()
+        ));
+        let config = from_toml_str(&text_abs, FILE, &env(&[])).unwrap();
+        assert!(instructions_of(&config).is_some());
+    }
+
+    #[test]
+    fn unreadable_or_empty_instructions_file_names_key_and_line() {
+        let dir = TempDir::new("instructions-bad");
+        let name = dir.0.join("chatbot-proxy.toml").display().to_string();
+        let with_file = |file: &str| {
+            named(&format!(
+                "model = \"gpt-5.4\"\ninstructions_file = \"{file}\"\n"
+            ))
+        };
+
+        let err = from_toml_str(&with_file("missing.txt"), &name, &env(&[])).unwrap_err();
+        assert_eq!(err.key(), Some("tenants[0].instructions_file"));
+        assert_eq!(err.line(), Some(6));
+        let shown = err.to_string();
+        assert!(shown.contains("cannot read \"missing.txt\""), "{shown}");
+        assert!(shown.contains(&dir.0.display().to_string()), "{shown}");
+
+        std::fs::write(dir.0.join("blank.txt"), " \n\t\n").unwrap();
+        let err = from_toml_str(&with_file("blank.txt"), &name, &env(&[])).unwrap_err();
+        assert_eq!(err.line(), Some(6));
+        assert!(
+            err.to_string().contains("the file \"blank.txt\" is empty"),
+            "{err}"
+        );
+
+        std::fs::write(dir.0.join("latin1.txt"), b"caf\xe9\n").unwrap();
+        let err = from_toml_str(&with_file("latin1.txt"), &name, &env(&[])).unwrap_err();
+        assert!(err.to_string().contains("is not UTF-8"), "{err}");
+
+        let err = from_toml_str(&with_file("."), &name, &env(&[])).unwrap_err();
+        assert!(
+            err.to_string().contains("cannot read"),
+            "a directory: {err}"
+        );
+
+        let err = from_toml_str(&with_file(" "), &name, &env(&[])).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("tenants[0].instructions_file: is empty"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn tools_pass_through_as_json() {
+        let text = named(
+            r#"model = "gpt-5.4"
+tools = [
+  { type = "file_search", vector_store_ids = ["vs_123", "vs_456"], max_num_results = 8 },
+  { type = "function", name = "lookupOrder", strict = true, parameters = { type = "object", properties = { order = { type = "string" } }, required = ["order"] } },
+  { type = "web_search", user_location = { type = "approximate", country = "DE" }, ratio = 0.5 },
+]
+"#,
+        );
+        let config = load(&text).unwrap();
+        let UpstreamApi::Responses { tools, .. } = &config.tenants[0].api else {
+            panic!("{:?}", config.tenants[0].api)
+        };
+        let expected = serde_json::json!([
+            {"type": "file_search", "vector_store_ids": ["vs_123", "vs_456"], "max_num_results": 8},
+            {"type": "function", "name": "lookupOrder", "strict": true, "parameters": {
+                "type": "object",
+                "properties": {"order": {"type": "string"}},
+                "required": ["order"]
+            }},
+            {"type": "web_search", "user_location": {"type": "approximate", "country": "DE"}, "ratio": 0.5}
+        ]);
+        assert_eq!(serde_json::Value::Array(tools.clone()), expected);
+        // Written as they are: the keys keep the file's order.
+        assert_eq!(
+            serde_json::to_string(&tools[0]).unwrap(),
+            r#"{"type":"file_search","vector_store_ids":["vs_123","vs_456"],"max_num_results":8}"#
+        );
+
+        // The same as an array of tables, and an empty list.
+        let text = named(
+            "model = \"gpt-5.4\"\n[[tenants.tools]]\ntype = \"file_search\"\nvector_store_ids = [\"vs_1\"]\n",
+        );
+        let config = load(&text).unwrap();
+        assert!(
+            matches!(&config.tenants[0].api, UpstreamApi::Responses { tools, .. } if tools == &[serde_json::json!({"type": "file_search", "vector_store_ids": ["vs_1"]})])
+        );
+        let config = load(&named("model = \"gpt-5.4\"\ntools = []\n")).unwrap();
+        assert!(
+            matches!(&config.tenants[0].api, UpstreamApi::Responses { tools, .. } if tools.is_empty())
+        );
+    }
+
+    #[test]
+    fn tool_entries_are_checked_with_their_line() {
+        let with_tools = |tools: &str| named(&format!("model = \"gpt-5.4\"\n{tools}\n"));
+        let err = load_err(&with_tools(
+            "tools = [\n  { type = \"file_search\" },\n  { vector_store_ids = [\"vs_1\"] },\n]",
+        ));
+        assert!(
+            err.starts_with("chatbot-proxy.toml line 8: tenants[0].tools[1]: has no type"),
+            "{err}"
+        );
+        let err = load_err(&with_tools("tools = [\"file_search\"]"));
+        assert!(
+            err.starts_with("chatbot-proxy.toml line 6: tenants[0].tools[0]: must be a table"),
+            "{err}"
+        );
+        let err = load_err(&with_tools("tools = [{ type = 1 }]"));
+        assert!(
+            err.contains("tenants[0].tools[0]: has a type that is a number"),
+            "{err}"
+        );
+        let err = load_err(&with_tools("tools = { type = \"file_search\" }"));
+        assert!(
+            err.starts_with("chatbot-proxy.toml line 6: tenants[0].tools: must be an array of tables, not a table"),
+            "{err}"
+        );
+        let err = load_err(&with_tools(
+            "tools = [{ type = \"x\", since = 2024-01-01 }]",
+        ));
+        assert!(
+            err.contains("tenants[0].tools[0]: contains a date"),
+            "{err}"
+        );
+        let err = load_err(&with_tools("tools = 2024-01-01T00:00:00Z"));
+        assert!(err.contains("not a date-time"), "{err}");
+
+        // The lead tool is the proxy's own: default name, then a custom one.
+        let err = load_err(&with_tools(
+            "tools = [\n  { type = \"file_search\" },\n  { type = \"function\", name = \"sendEmail\" },\n]",
+        ));
+        assert!(
+            err.starts_with(
+                "chatbot-proxy.toml line 8: tenants[0].tools[1]: is a function named \"sendEmail\""
+            ),
+            "{err}"
+        );
+        let text = named(
+            "model = \"gpt-5.4\"\nlead_tool = \"captureLead\"\ntools = [{ type = \"function\", name = \"captureLead\" }]\n",
+        );
+        assert!(
+            load_err(&text).contains("tenants[0].tools[0]: is a function named \"captureLead\"")
+        );
+        let text = named(
+            "model = \"gpt-5.4\"\nlead_tool = \"captureLead\"\ntools = [{ type = \"function\", name = \"sendEmail\" }]\n",
+        );
+        assert!(
+            load(&text).is_ok(),
+            "sendEmail is an ordinary function when not the lead tool"
+        );
+
+        // Array-of-tables entries get the line of their own header.
+        let err = load_err(&named(
+            "model = \"gpt-5.4\"\n[[tenants.tools]]\ntype = \"file_search\"\n\n[[tenants.tools]]\nname = \"x\"\n",
+        ));
+        assert!(
+            err.starts_with("chatbot-proxy.toml line 9: tenants[0].tools[1]: has no type"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn lead_tool_and_stream_format() {
+        let config = load(&named(
+            "assistant_id = \"asst_a\"\nlead_tool = \"capture_lead\"\nstream_format = \"widget-v1\"\n",
+        ))
+        .unwrap();
+        assert_eq!(config.tenants[0].lead_tool, "capture_lead");
+        assert_eq!(config.tenants[0].stream_format, StreamFormat::WidgetV1);
+        let err = load_err(&named(
+            "assistant_id = \"asst_a\"\nlead_tool = \"send email\"\n",
+        ));
+        assert!(
+            err.starts_with("chatbot-proxy.toml line 6: tenants[0].lead_tool: \"send email\" is not a function name"),
+            "{err}"
+        );
+        let long = "x".repeat(65);
+        let err = load_err(&named(&format!(
+            "assistant_id = \"asst_a\"\nlead_tool = \"{long}\"\n"
+        )));
+        assert!(err.contains("1 to 64"), "{err}");
+        let err = load_err(&named(
+            "assistant_id = \"asst_a\"\nstream_format = \"sse\"\n",
+        ));
+        assert!(
+            err.starts_with("chatbot-proxy.toml line 6: tenants[0].stream_format: \"sse\" is not a stream format"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn leads_table() {
+        let text = format!(
+            "{MINIMAL}\n[leads]\ndir = \"/var/lib/chatbot-proxy/leads\"\nmax_per_conversation = 1\n\
+             max_per_tenant_per_hour = 20\nmax_tool_rounds = 20\nsend_timeout_ms = 250\n"
+        );
+        let leads = load(&text).unwrap().leads;
+        assert_eq!(
+            leads,
+            LeadSettings {
+                dir: "/var/lib/chatbot-proxy/leads".into(),
+                max_per_conversation: 1,
+                max_per_tenant_per_hour: 20,
+                max_tool_rounds: 20,
+                send_timeout: Duration::from_millis(250),
+            }
+        );
+        let leads = load(&format!("{MINIMAL}\n[leads]\nmax_tool_rounds = 2\n"))
+            .unwrap()
+            .leads;
+        assert_eq!(
+            leads,
+            LeadSettings {
+                max_tool_rounds: 2,
+                ..LeadSettings::default()
+            },
+            "the other keys keep their defaults"
+        );
+
+        let with = |leads: &str| load_err(&format!("{MINIMAL}\n[leads]\n{leads}\n"));
+        let err = with("max_tool_rounds = 21");
+        assert!(
+            err.starts_with("chatbot-proxy.toml line 8: leads.max_tool_rounds: 21 is out of range"),
+            "{err}"
+        );
+        assert!(err.contains("from 1 to 20"), "{err}");
+        assert!(with("max_tool_rounds = 0").contains("leads.max_tool_rounds"));
+        assert!(with("max_per_conversation = 0").contains("leads.max_per_conversation"));
+        assert!(with("max_per_tenant_per_hour = -1").contains("leads.max_per_tenant_per_hour"));
+        assert!(with("send_timeout_ms = 60001").contains("leads.send_timeout_ms"));
+        let err = with("dir = \"\"");
+        assert!(
+            err.starts_with("chatbot-proxy.toml line 8: leads.dir: is empty"),
+            "{err}"
+        );
+        let err = with("dir = 5");
+        assert!(err.contains("leads.dir: must be a string"), "{err}");
+        let err = with("max_rounds = 3");
+        assert!(
+            err.starts_with("chatbot-proxy.toml line 8: leads.max_rounds: unknown key"),
+            "{err}"
+        );
+        assert!(err.contains("max_tool_rounds"), "{err}");
+    }
+
+    #[test]
+    fn smtp_tls_defaults_by_port() {
+        let tls = |smtp: &str| {
+            load(&format!("{MINIMAL}\n[smtp]\nhost = \"mail.x\"\n{smtp}"))
+                .unwrap()
+                .smtp
+                .unwrap()
+                .tls
+        };
+        assert_eq!(tls(""), SmtpTls::Opportunistic, "default port 587");
+        assert_eq!(tls("port = 465\n"), SmtpTls::Implicit);
+        assert_eq!(tls("port = 25\n"), SmtpTls::Opportunistic);
+        assert_eq!(tls("port = 465\ntls = \"none\"\n"), SmtpTls::None);
+        assert_eq!(tls("tls = \"starttls\"\n"), SmtpTls::StartTls);
+        assert_eq!(tls("port = 2525\ntls = \"implicit\"\n"), SmtpTls::Implicit);
+        let err = load_err(&format!(
+            "{MINIMAL}\n[smtp]\nhost = \"mail.x\"\ntls = \"ssl\"\n"
+        ));
+        assert!(
+            err.starts_with("chatbot-proxy.toml line 9: smtp.tls: \"ssl\" is not a TLS mode"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn smtp_from_and_timeout() {
+        let smtp = |keys: &str| {
+            load(&format!("{MINIMAL}\n[smtp]\nhost = \"mail.x\"\n{keys}"))
+                .map(|config| config.smtp.unwrap())
+        };
+        let plain = smtp("").unwrap();
+        assert_eq!(plain.from, "AI Bot <chatbot@mail.x>");
+        assert_eq!(plain.timeout, Duration::from_millis(10_000));
+        let with_user = from_toml_str(
+            &format!("{MINIMAL}\n[smtp]\nhost = \"mail.x\"\nuser = \"bot@acme.com\"\npassword_env = \"PW\"\n"),
+            FILE,
+            &env(&[("PW", "pw")]),
+        )
+        .unwrap()
+        .smtp
+        .unwrap();
+        assert_eq!(with_user.from, "AI Bot <bot@acme.com>");
+        let set = smtp("from = \"Acme Leads <leads@acme.com>\"\ntimeout_ms = 2500\n").unwrap();
+        assert_eq!(set.from, "Acme Leads <leads@acme.com>");
+        assert_eq!(set.timeout, Duration::from_millis(2500));
+        assert_eq!(
+            smtp("from = \"leads@acme.com\"\n").unwrap().from,
+            "leads@acme.com"
+        );
+
+        for bad in [
+            r#"from = "AI Bot <bot@acme.com>\r\nBcc: x@evil.example""#,
+            r#"from = "AI Bot""#,
+            r#"from = "a@b@acme.com""#,
+            r#"from = "AI Bot <bot@acme.com> x""#,
+        ] {
+            let err = smtp(&format!("{bad}\n")).unwrap_err();
+            assert_eq!(err.key(), Some("smtp.from"), "{bad}: {err}");
+            assert_eq!(err.line(), Some(9), "{bad}: {err}");
+            assert!(err.to_string().contains("is not a mailbox"), "{err}");
+        }
+        let err = smtp("timeout_ms = 0\n").unwrap_err();
+        assert_eq!((err.key(), err.line()), (Some("smtp.timeout_ms"), Some(9)));
+        assert!(smtp("timeout_ms = 600001\n").is_err());
+    }
+
     #[test]
     fn secrets_never_appear_in_errors() {
         let secret = "sk-SECRET-abcdef123456";
@@ -1157,6 +2136,20 @@ assistant_id = "asst_b"
             format!("{MINIMAL}[smtp]\nhost = \"m.x\"\npassword = {secret}\n"),
             format!("{MINIMAL}[smtp]\nhost = \"m.x\"\npassword = \"{secret}\"\n"),
             format!("{MINIMAL}[smtp]\nhost = \"m.x\"\npassword = \"{secret}\"\npassword_env = \"P\"\n"),
+            // Key pasted into the new tenant and SMTP keys.
+            format!("[[tenants]]\ndomains = [\"a.com\"]\napi_key = \"sk-a1\"\nmodel = \"{secret}\"\n"),
+            format!("[[tenants]]\ndomains = [\"a.com\"]\napi_key = \"sk-a1\"\nmodel = \"{secret} x\"\n"),
+            format!("[[tenants]]\ndomains = [\"a.com\"]\napi_key = \"sk-a1\"\napi = \"{secret}\"\nmodel = \"m\"\n"),
+            format!("[[tenants]]\ndomains = [\"a.com\"]\napi_key = \"sk-a1\"\nmodel = \"m\"\ninstructions_file = \"{secret}\"\n"),
+            format!("[[tenants]]\ndomains = [\"a.com\"]\napi_key = \"sk-a1\"\nmodel = \"m\"\nlead_tool = \"{secret}\"\n"),
+            format!("[[tenants]]\ndomains = [\"a.com\"]\napi_key = \"sk-a1\"\nassistant_id = \"asst_a\"\nstream_format = \"{secret}\"\n"),
+            format!("[[tenants]]\nname = \"{secret}\"\ndomains = [\"a.com\"]\napi_key = \"sk-a1\"\nassistant_id = \"asst_a\"\nmodel = \"m\"\n"),
+            // A valid key in a tenant that sets both APIs, or neither.
+            format!("[[tenants]]\ndomains = [\"a.com\"]\napi_key = \"{secret}\"\nassistant_id = \"asst_a\"\nmodel = \"m\"\n"),
+            format!("[[tenants]]\ndomains = [\"a.com\"]\napi_key = \"{secret}\"\n"),
+            format!("{MINIMAL}[smtp]\nhost = \"m.x\"\nfrom = \"{secret}\"\n"),
+            format!("{MINIMAL}[smtp]\nhost = \"m.x\"\ntls = \"{secret}\"\n"),
+            format!("{MINIMAL}[leads]\ndir = \"{secret}\\u0000\"\n"),
         ];
         for text in cases {
             let err = load(&text).expect_err(&text);

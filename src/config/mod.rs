@@ -7,6 +7,7 @@
 
 mod check;
 mod defaults;
+mod dotenv;
 mod env;
 mod error;
 mod file;
@@ -23,7 +24,7 @@ pub use types::*;
 /// Loads the configuration.
 ///
 /// With `path`, the TOML file is the whole configuration (`api_key_env` / `password_env` are read
-/// from the process environment). Without, the process environment plus `.env` in the current
+/// from the process environment, `instructions_file` relative to the file's directory). Without, the process environment plus `.env` in the current
 /// directory if present (the process environment wins); the process environment is never
 /// modified.
 pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
@@ -36,7 +37,8 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
                 ))
                 .in_file(&name)
             })?;
-            from_toml_str(&text, &name, &process_env())
+            let dir = path.parent().unwrap_or(Path::new(""));
+            file::from_toml_str_in(&text, &name, dir, &process_env())
         }
         None => {
             let dir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));

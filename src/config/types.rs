@@ -20,6 +20,8 @@ pub struct Config {
     pub tenants: Vec<Tenant>,
     /// Outgoing mail for captured leads; `None` when not configured.
     pub smtp: Option<SmtpSettings>,
+    /// Lead capture: where leads are journaled, caps, tool-call rounds.
+    pub leads: LeadSettings,
 }
 
 /// The listener and Pingora's server settings.
@@ -78,10 +80,59 @@ pub struct Tenant {
     pub domains: Vec<String>,
     /// The OpenAI API key.
     pub api_key: Secret,
-    /// The assistant that answers (`asst_...`).
-    pub assistant_id: String,
+    /// Which upstream API answers, and with what (assistant, or model and instructions).
+    pub api: UpstreamApi,
     /// Recipients of lead e-mails.
     pub lead_recipients: Vec<String>,
+    /// Name of the function tool that captures a lead (default `sendEmail`).
+    pub lead_tool: String,
+    /// How the event stream is framed for the browser.
+    pub stream_format: StreamFormat,
+}
+
+/// The upstream API a tenant talks to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UpstreamApi {
+    /// The Assistants API (threads, messages, runs): sunset by OpenAI on 2026-08-26.
+    Assistants {
+        /// The assistant that answers (`asst_...`).
+        assistant_id: String,
+    },
+    /// The Responses + Conversations API.
+    Responses {
+        /// The model, e.g. `gpt-5.4`.
+        model: String,
+        /// System instructions (inline text, or read from the configured file at start-up).
+        instructions: Option<String>,
+        /// Extra tool definitions passed through as they are (e.g. `file_search`).
+        tools: Vec<serde_json::Value>,
+    },
+}
+
+/// How the answer stream is framed for the browser.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StreamFormat {
+    /// Upstream event-stream bytes unchanged (`"openai"`, the default).
+    #[default]
+    OpenAi,
+    /// The old service's framing that the embedded widget parses (`"widget-v1"`).
+    WidgetV1,
+}
+
+/// Lead capture settings (global).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeadSettings {
+    /// Directory of the lead journal (default `data`, relative to the working directory).
+    pub dir: std::path::PathBuf,
+    /// Most lead e-mails one conversation may send (default 3).
+    pub max_per_conversation: u32,
+    /// Most lead e-mails one tenant may send per hour (default 100).
+    pub max_per_tenant_per_hour: u32,
+    /// Most tool-output rounds in one answer (default 5).
+    pub max_tool_rounds: u32,
+    /// How long a lead's first delivery attempt may hold the answer before the lead is
+    /// reported as queued (default 5 s).
+    pub send_timeout: Duration,
 }
 
 /// SMTP settings for lead e-mails.
@@ -91,6 +142,26 @@ pub struct SmtpSettings {
     pub port: u16,
     pub user: Option<String>,
     pub password: Option<Secret>,
+    /// Transport security (default: implicit on port 465, opportunistic otherwise).
+    pub tls: SmtpTls,
+    /// The `From` mailbox (default `AI Bot <SMTP user>`, or `AI Bot <chatbot@SMTP host>`
+    /// without a user).
+    pub from: String,
+    /// Timeout of one SMTP exchange (default 10 s).
+    pub timeout: Duration,
+}
+
+/// How the SMTP connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// TLS from the first byte (port 465).
+    Implicit,
+    /// STARTTLS required.
+    StartTls,
+    /// STARTTLS when the server offers it, plain otherwise.
+    Opportunistic,
+    /// Plain text (local relays, tests).
+    None,
 }
 
 /// A secret (API key, password) that never shows itself in `Debug` or `Display` output.

@@ -4,7 +4,7 @@
 //! Every call carries `OpenAI-Beta: assistants=v2`. A widget turn is two calls: add the
 //! user's message to the thread, then start a streamed run of the tenant's assistant.
 
-use super::Signal;
+use super::{Signal, ToolCall, ToolOutput, ToolRound};
 use crate::request::IdRule;
 use crate::sse::SseEvent;
 use crate::upstream::UpstreamRequest;
@@ -38,6 +38,79 @@ pub fn start_run(thread_id: &str, assistant_id: &str) -> UpstreamRequest {
     )
     .header(BETA.0, BETA.1)
     .streaming()
+}
+
+/// `POST /threads/{id}/runs/{run}/submit_tool_outputs` with `stream: true`: the run goes on.
+pub fn submit_tool_outputs(
+    thread_id: &str,
+    run_id: &str,
+    outputs: &[ToolOutput],
+) -> UpstreamRequest {
+    let outputs: Vec<_> = outputs
+        .iter()
+        .map(|o| json!({"tool_call_id": o.call_id, "output": o.output}))
+        .collect();
+    UpstreamRequest::post(
+        format!("/threads/{thread_id}/runs/{run_id}/submit_tool_outputs"),
+        &json!({"tool_outputs": outputs, "stream": true}),
+    )
+    .header(BETA.0, BETA.1)
+    .streaming()
+}
+
+/// `GET /threads/{id}/messages`: the thread's messages, newest first.
+pub fn list_messages(thread_id: &str) -> UpstreamRequest {
+    UpstreamRequest::get(format!("/threads/{thread_id}/messages")).header(BETA.0, BETA.1)
+}
+
+/// Follows one run stream; keeps the tool calls of a `thread.run.requires_action`.
+#[derive(Debug, Default)]
+pub struct Reader {
+    round: Option<ToolRound>,
+}
+
+impl Reader {
+    pub fn observe(&mut self, event: &SseEvent) -> Signal {
+        let signal = classify(event);
+        if signal == Signal::RequiresAction {
+            self.round = Some(tool_round(&event.data));
+        }
+        signal
+    }
+
+    pub fn take_tool_calls(&mut self) -> Option<ToolRound> {
+        self.round.take()
+    }
+}
+
+/// The run id and tool calls of a `thread.run.requires_action` event. Calls that are not
+/// functions, or lack an id, are left out (nothing could answer them).
+fn tool_round(data: &str) -> ToolRound {
+    let run: serde_json::Value = serde_json::from_str(data).unwrap_or_default();
+    let calls = run
+        .pointer("/required_action/submit_tool_outputs/tool_calls")
+        .and_then(|c| c.as_array())
+        .map(|calls| {
+            calls
+                .iter()
+                .filter_map(|call| {
+                    Some(ToolCall {
+                        call_id: call.get("id")?.as_str()?.to_string(),
+                        name: call.pointer("/function/name")?.as_str()?.to_string(),
+                        arguments: call
+                            .pointer("/function/arguments")
+                            .and_then(|a| a.as_str())
+                            .unwrap_or_default()
+                            .to_string(),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ToolRound {
+        run_id: run.get("id").and_then(|i| i.as_str()).map(str::to_string),
+        calls,
+    }
 }
 
 /// What a run event means.
@@ -101,6 +174,64 @@ mod tests {
         assert!(run.headers.contains(&("OpenAI-Beta", "assistants=v2")));
         let body: serde_json::Value = serde_json::from_slice(run.body.as_ref().unwrap()).unwrap();
         assert_eq!(body, json!({"assistant_id": "asst_b", "stream": true}));
+    }
+
+    #[test]
+    fn requires_action_yields_the_run_and_its_calls() {
+        let example = include_str!(
+            "../../tests/fixtures/openai-wire/assistants-create-run-requires-action.sse"
+        );
+        let mut parser = crate::sse::SseParser::new();
+        let mut reader = Reader::default();
+        let signals: Vec<Signal> = parser
+            .push(example.replace("...\n\n", "").as_bytes())
+            .unwrap()
+            .iter()
+            .map(|e| reader.observe(e))
+            .collect();
+        assert_eq!(
+            signals[signals.len() - 2..],
+            [Signal::RequiresAction, Signal::Done]
+        );
+        let round = reader.take_tool_calls().unwrap();
+        assert_eq!(round.run_id.as_deref(), Some("run_123"));
+        assert_eq!(
+            round.calls,
+            [ToolCall {
+                call_id: "call_XXNp8YGaFrjrSjgqxtC8JJ1B".into(),
+                name: "get_current_weather".into(),
+                arguments: r#"{"location":"San Francisco, CA","unit":"fahrenheit"}"#.into(),
+            }]
+        );
+        assert!(reader.take_tool_calls().is_none());
+    }
+
+    #[test]
+    fn tool_outputs_are_submitted_in_one_streamed_request() {
+        let req = submit_tool_outputs(
+            "thread_a",
+            "run_b",
+            &[
+                ToolOutput {
+                    call_id: "call_1".into(),
+                    output: "sent".into(),
+                },
+                ToolOutput {
+                    call_id: "call_2".into(),
+                    output: "no".into(),
+                },
+            ],
+        );
+        assert_eq!(req.path, "/threads/thread_a/runs/run_b/submit_tool_outputs");
+        assert!(req.stream);
+        let body: serde_json::Value = serde_json::from_slice(req.body.as_ref().unwrap()).unwrap();
+        assert_eq!(
+            body,
+            json!({"tool_outputs": [
+                {"tool_call_id": "call_1", "output": "sent"},
+                {"tool_call_id": "call_2", "output": "no"}
+            ], "stream": true})
+        );
     }
 
     #[test]

@@ -2,10 +2,17 @@
 //!
 //! The widget speaks one protocol (create a thread, send a message, read a stream). Each
 //! upstream API gets one module that knows its paths, bodies and event names; nothing else in
-//! the proxy spells an upstream path. The relay only asks a dialect what an event means
-//! ([`Signal`]).
+//! the proxy spells an upstream path. [`Dialect`] picks the module for a tenant, and an
+//! [`EventReader`] follows one upstream stream, telling the relay what each event means
+//! ([`Signal`]) and collecting the tool calls the model asks for.
 
 pub mod assistants;
+pub mod responses;
+
+use crate::config::{Tenant, UpstreamApi};
+use crate::request::IdRule;
+use crate::sse::SseEvent;
+use crate::upstream::UpstreamRequest;
 
 /// What an upstream stream event means to the relay.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,10 +24,157 @@ pub enum Signal {
     /// The run ended without success (`failed`, `cancelled`, `expired`, `incomplete`); the
     /// text is the final status.
     Ended(String),
-    /// The run waits for tool outputs.
+    /// The model waits for tool outputs ([`EventReader::take_tool_calls`] has them).
     RequiresAction,
     /// The upstream reported an error inside the stream.
     ErrorEvent,
     /// The end-of-stream marker (`event: done`, `data: [DONE]`).
     Done,
+}
+
+/// One function call the model asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolCall {
+    /// The id the output must name (`call_...`).
+    pub call_id: String,
+    /// The function's name.
+    pub name: String,
+    /// The arguments as the model wrote them: a JSON text, not trusted.
+    pub arguments: String,
+}
+
+/// The tool calls of one round, with what the dialect needs to answer them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolRound {
+    /// The run waiting for the outputs (Assistants API); `None` for the Responses API.
+    pub run_id: Option<String>,
+    pub calls: Vec<ToolCall>,
+}
+
+/// The answer to one tool call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolOutput {
+    pub call_id: String,
+    pub output: String,
+}
+
+/// The upstream API of a tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Assistants,
+    Responses,
+}
+
+impl Dialect {
+    pub fn of(tenant: &Tenant) -> Dialect {
+        match tenant.api {
+            UpstreamApi::Assistants { .. } => Dialect::Assistants,
+            UpstreamApi::Responses { .. } => Dialect::Responses,
+        }
+    }
+
+    /// The shape of this API's conversation ids.
+    pub fn id_rule(self) -> IdRule {
+        match self {
+            Dialect::Assistants => assistants::ID_RULE,
+            Dialect::Responses => responses::ID_RULE,
+        }
+    }
+
+    /// Create a conversation (a thread, or a Conversations API conversation).
+    pub fn create_conversation(self, tenant: &Tenant) -> UpstreamRequest {
+        match self {
+            Dialect::Assistants => assistants::create_thread(),
+            Dialect::Responses => responses::create_conversation(tenant),
+        }
+    }
+
+    /// A non-streamed call that must succeed before the turn's stream starts, if any.
+    pub fn prepare_turn(self, conversation: &str, message: &str) -> Option<UpstreamRequest> {
+        match self {
+            Dialect::Assistants => Some(assistants::add_message(conversation, message)),
+            Dialect::Responses => None,
+        }
+    }
+
+    /// The streamed request that answers the user's message.
+    pub fn start_turn(self, tenant: &Tenant, conversation: &str, message: &str) -> UpstreamRequest {
+        match &tenant.api {
+            UpstreamApi::Assistants { assistant_id } => {
+                assistants::start_run(conversation, assistant_id)
+            }
+            UpstreamApi::Responses { .. } => {
+                responses::create_response(tenant, conversation, message.into())
+            }
+        }
+    }
+
+    /// The streamed request that hands tool outputs back and continues the answer.
+    pub fn continue_turn(
+        self,
+        tenant: &Tenant,
+        conversation: &str,
+        round: &ToolRound,
+        outputs: &[ToolOutput],
+    ) -> UpstreamRequest {
+        match self {
+            Dialect::Assistants => assistants::submit_tool_outputs(
+                conversation,
+                round.run_id.as_deref().unwrap_or_default(),
+                outputs,
+            ),
+            Dialect::Responses => {
+                responses::create_response(tenant, conversation, responses::tool_outputs(outputs))
+            }
+        }
+    }
+
+    /// The conversation's messages, for the widget's final `end` event.
+    pub fn list_messages(self, conversation: &str) -> UpstreamRequest {
+        match self {
+            Dialect::Assistants => assistants::list_messages(conversation),
+            Dialect::Responses => responses::list_items(conversation),
+        }
+    }
+
+    /// A reader for one upstream stream of this API.
+    pub fn reader(self) -> EventReader {
+        match self {
+            Dialect::Assistants => EventReader::Assistants(assistants::Reader::default()),
+            Dialect::Responses => EventReader::Responses(responses::Reader::default()),
+        }
+    }
+
+    /// Whether an upstream error body says the conversation is busy with another answer.
+    pub fn is_busy_error(self, body: &serde_json::Value) -> bool {
+        match self {
+            Dialect::Assistants => assistants::is_run_active_error(body),
+            Dialect::Responses => responses::is_busy_error(body),
+        }
+    }
+}
+
+/// Follows one upstream stream.
+#[derive(Debug)]
+pub enum EventReader {
+    Assistants(assistants::Reader),
+    Responses(responses::Reader),
+}
+
+impl EventReader {
+    /// What `event` means.
+    pub fn observe(&mut self, event: &SseEvent) -> Signal {
+        match self {
+            EventReader::Assistants(r) => r.observe(event),
+            EventReader::Responses(r) => r.observe(event),
+        }
+    }
+
+    /// The tool calls of the round that ended in [`Signal::RequiresAction`].
+    pub fn take_tool_calls(&mut self) -> Option<ToolRound> {
+        match self {
+            EventReader::Assistants(r) => r.take_tool_calls(),
+            EventReader::Responses(r) => r.take_tool_calls(),
+        }
+    }
 }

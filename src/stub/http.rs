@@ -6,6 +6,7 @@
 //! Connections are kept alive after every normally completed response.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +35,24 @@ const SPLIT_GAP: Duration = Duration::from_millis(1);
 #[derive(Debug, Default)]
 pub struct StubApp {
     store: Arc<Store>,
+    /// Event streams being written right now (served by `GET /__stub/stats`).
+    open_streams: Arc<AtomicUsize>,
+}
+
+/// Counts a stream as open until dropped, however the stream ends.
+struct OpenStream(Arc<AtomicUsize>);
+
+impl OpenStream {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        OpenStream(count.clone())
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl StubApp {
@@ -425,7 +444,11 @@ impl StubApp {
                 self.store.lock().log.clear();
                 Reply::NoContent
             }
-            (["health"], _) | (["requests"], _) => Reply::invalid(
+            (["stats"], "GET") => Reply::json(
+                200,
+                &serde_json::json!({"open_streams": self.open_streams.load(Ordering::SeqCst)}),
+            ),
+            (["health"], _) | (["requests"], _) | (["stats"], _) => Reply::invalid(
                 405,
                 format!("Method {method} is not allowed here."),
                 None,
@@ -479,7 +502,10 @@ impl StubApp {
                 pause(session, shutdown, HANG).await;
                 Flow::Close
             }
-            Reply::Stream(job) => write_stream(session, job, shutdown).await,
+            Reply::Stream(job) => {
+                let _open = OpenStream::new(&self.open_streams);
+                write_stream(session, job, shutdown).await
+            }
         }
     }
 }

@@ -135,6 +135,8 @@
 //!   `{"method","path" (with `?query`),"headers":{lowercase name: value},"body":"<utf8>"}`
 //!   (the `authorization` header included; at most 10000 kept).
 //! - `DELETE /__stub/requests` -> 204, clears the log. `GET /__stub/health` -> 200 `{"status":"ok"}`.
+//! - `GET /__stub/stats` -> `{"open_streams": N}`: event streams being written right now (a
+//!   stream counts until its last write, its cut, or the moment its reader is found gone).
 
 mod assistants;
 mod conversations;

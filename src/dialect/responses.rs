@@ -1,0 +1,276 @@
+//! The Responses + Conversations API: OpenAI's successor to the Assistants API.
+//!
+//! A widget thread is a conversation (`conv_...`); a widget turn is one streamed
+//! `POST /responses` naming the conversation, with the tenant's model, instructions and tools.
+//! Function calls arrive as `function_call` output items; they are answered by another
+//! `POST /responses` whose input is `function_call_output` items.
+
+use super::{Signal, ToolCall, ToolOutput, ToolRound};
+use crate::config::{Tenant, UpstreamApi};
+use crate::request::IdRule;
+use crate::sse::SseEvent;
+use crate::upstream::UpstreamRequest;
+use serde_json::{json, Value};
+
+/// Conversation ids as the Conversations API makes them.
+pub const ID_RULE: IdRule = IdRule {
+    prefix: "conv_",
+    max_len: 80,
+};
+
+/// `POST /conversations`, with metadata naming the tenant.
+pub fn create_conversation(tenant: &Tenant) -> UpstreamRequest {
+    UpstreamRequest::post(
+        "/conversations",
+        &json!({"metadata": {"tenant": tenant.name}}),
+    )
+}
+
+/// `GET /conversations/{id}/items`, oldest first.
+pub fn list_items(conversation: &str) -> UpstreamRequest {
+    UpstreamRequest::get(format!(
+        "/conversations/{conversation}/items?order=asc&limit=100"
+    ))
+}
+
+/// The function definition of the tenant's lead tool, added to every response when the
+/// tenant has lead recipients.
+pub fn lead_tool_definition(name: &str) -> Value {
+    json!({
+        "type": "function",
+        "name": name,
+        "description": "Send the visitor's name, e-mail address and message to the site owner. \
+                        Call it once the visitor has given all three.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "description": "The visitor's name"},
+                "email": {"type": "string", "description": "The visitor's e-mail address"},
+                "message": {"type": "string", "description": "What the visitor wants to tell the site owner"}
+            },
+            "required": ["name", "email", "message"],
+            "additionalProperties": false
+        },
+        "strict": true
+    })
+}
+
+/// `input` items answering tool calls.
+pub fn tool_outputs(outputs: &[ToolOutput]) -> Value {
+    outputs
+        .iter()
+        .map(|o| json!({"type": "function_call_output", "call_id": o.call_id, "output": o.output}))
+        .collect()
+}
+
+/// `POST /responses` with `stream: true` in `conversation`, for `input` (the user's message
+/// as a string, or tool outputs).
+pub fn create_response(tenant: &Tenant, conversation: &str, input: Value) -> UpstreamRequest {
+    let UpstreamApi::Responses {
+        model,
+        instructions,
+        tools,
+    } = &tenant.api
+    else {
+        unreachable!("create_response is only called for Responses tenants")
+    };
+    let mut all_tools = tools.clone();
+    if !tenant.lead_recipients.is_empty() {
+        all_tools.push(lead_tool_definition(&tenant.lead_tool));
+    }
+    let mut body = json!({
+        "model": model,
+        "conversation": conversation,
+        "input": input,
+        "stream": true,
+    });
+    if let Some(instructions) = instructions {
+        body["instructions"] = Value::String(instructions.clone());
+    }
+    if !all_tools.is_empty() {
+        body["tools"] = Value::Array(all_tools);
+    }
+    UpstreamRequest::post("/responses", &body).streaming()
+}
+
+/// Whether an error body says another response is in progress on the conversation.
+pub fn is_busy_error(body: &Value) -> bool {
+    body.pointer("/error/code").and_then(Value::as_str) == Some("conversation_locked")
+}
+
+/// Follows one response stream, collecting its function calls.
+#[derive(Debug, Default)]
+pub struct Reader {
+    calls: Vec<ToolCall>,
+    round: Option<ToolRound>,
+}
+
+impl Reader {
+    pub fn observe(&mut self, event: &SseEvent) -> Signal {
+        match event.event.as_str() {
+            "response.output_item.done" => {
+                if let Some(call) = function_call(&event.data) {
+                    self.calls.push(call);
+                }
+                Signal::Progress
+            }
+            "response.completed" if !self.calls.is_empty() => {
+                self.round = Some(ToolRound {
+                    run_id: None,
+                    calls: std::mem::take(&mut self.calls),
+                });
+                Signal::RequiresAction
+            }
+            "response.completed" => Signal::Completed,
+            "response.failed" => Signal::Ended("failed".into()),
+            "response.incomplete" => Signal::Ended("incomplete".into()),
+            "response.cancelled" => Signal::Ended("cancelled".into()),
+            "error" => Signal::ErrorEvent,
+            _ => Signal::Progress,
+        }
+    }
+
+    pub fn take_tool_calls(&mut self) -> Option<ToolRound> {
+        self.round.take()
+    }
+}
+
+/// The function call in a `response.output_item.done` event, if its item is one.
+fn function_call(data: &str) -> Option<ToolCall> {
+    let event: Value = serde_json::from_str(data).ok()?;
+    let item = event.get("item")?;
+    if item.get("type")?.as_str()? != "function_call" {
+        return None;
+    }
+    Some(ToolCall {
+        call_id: item.get("call_id")?.as_str()?.to_string(),
+        name: item.get("name")?.as_str()?.to_string(),
+        arguments: item
+            .get("arguments")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Secret, StreamFormat};
+
+    fn tenant(recipients: &[&str]) -> Tenant {
+        Tenant {
+            name: "acme".into(),
+            domains: vec!["acme.test".into()],
+            api_key: Secret::new("sk-acme"),
+            api: UpstreamApi::Responses {
+                model: "gpt-5.4".into(),
+                instructions: Some("Be brief.".into()),
+                tools: vec![json!({"type": "file_search", "vector_store_ids": ["vs_1"]})],
+            },
+            lead_recipients: recipients.iter().map(|r| r.to_string()).collect(),
+            lead_tool: "sendEmail".into(),
+            stream_format: StreamFormat::OpenAi,
+        }
+    }
+
+    fn event(name: &str, data: Value) -> SseEvent {
+        SseEvent {
+            event: name.into(),
+            data: data.to_string(),
+            id: None,
+        }
+    }
+
+    #[test]
+    fn a_turn_is_one_streamed_response_in_the_conversation() {
+        let req = create_response(&tenant(&["sales@acme.test"]), "conv_1", "hi".into());
+        assert_eq!(req.path, "/responses");
+        assert!(req.stream);
+        let body: Value = serde_json::from_slice(req.body.as_ref().unwrap()).unwrap();
+        assert_eq!(body["model"], "gpt-5.4");
+        assert_eq!(body["conversation"], "conv_1");
+        assert_eq!(body["input"], "hi");
+        assert_eq!(body["instructions"], "Be brief.");
+        assert_eq!(body["stream"], true);
+        let tools = body["tools"].as_array().unwrap();
+        assert_eq!(tools[0]["type"], "file_search");
+        assert_eq!(tools[1]["name"], "sendEmail");
+        assert_eq!(
+            tools[1]["parameters"]["required"],
+            json!(["name", "email", "message"])
+        );
+    }
+
+    #[test]
+    fn without_recipients_no_lead_tool_is_offered() {
+        let req = create_response(&tenant(&[]), "conv_1", "hi".into());
+        let body: Value = serde_json::from_slice(req.body.as_ref().unwrap()).unwrap();
+        assert_eq!(body["tools"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn function_calls_make_the_completion_a_tool_round() {
+        let mut reader = Reader::default();
+        let call = json!({"type": "response.output_item.done", "output_index": 0,
+            "item": {"type": "function_call", "id": "fc_1", "call_id": "call_1",
+                     "name": "sendEmail", "arguments": "{\"name\":\"Ann\"}", "status": "completed"}});
+        assert_eq!(
+            reader.observe(&event("response.output_item.done", call)),
+            Signal::Progress
+        );
+        assert_eq!(
+            reader.observe(&event("response.completed", json!({}))),
+            Signal::RequiresAction
+        );
+        let round = reader.take_tool_calls().unwrap();
+        assert_eq!(round.run_id, None);
+        assert_eq!(round.calls[0].call_id, "call_1");
+        assert_eq!(round.calls[0].arguments, "{\"name\":\"Ann\"}");
+        // The next response's completion, without calls, is the end.
+        assert_eq!(
+            reader.observe(&event("response.completed", json!({}))),
+            Signal::Completed
+        );
+    }
+
+    #[test]
+    fn the_example_stream_completes() {
+        let example = include_str!("../../tests/fixtures/openai-wire/responses-create-stream.sse")
+            .replace("...\n\n", "");
+        let mut parser = crate::sse::SseParser::new();
+        let mut reader = Reader::default();
+        let signals: Vec<Signal> = parser
+            .push(example.as_bytes())
+            .unwrap()
+            .iter()
+            .map(|e| reader.observe(e))
+            .collect();
+        assert_eq!(signals.last(), Some(&Signal::Completed));
+        assert!(reader.take_tool_calls().is_none());
+    }
+
+    #[test]
+    fn failures_end_the_stream() {
+        let mut reader = Reader::default();
+        for (name, signal) in [
+            ("response.failed", Signal::Ended("failed".into())),
+            ("response.incomplete", Signal::Ended("incomplete".into())),
+            ("error", Signal::ErrorEvent),
+        ] {
+            assert_eq!(reader.observe(&event(name, json!({}))), signal);
+        }
+    }
+
+    #[test]
+    fn tool_outputs_become_input_items() {
+        let input = tool_outputs(&[ToolOutput {
+            call_id: "call_1".into(),
+            output: "sent".into(),
+        }]);
+        assert_eq!(
+            input,
+            json!([{"type": "function_call_output", "call_id": "call_1", "output": "sent"}])
+        );
+    }
+}

@@ -1,0 +1,474 @@
+//! The lead journal: `leads.jsonl` in the leads directory, one JSON record per line, each
+//! append flushed to disk (`sync_data`) before it is acknowledged.
+//!
+//! Two kinds of record (see [`Record`]): a captured lead, and the mark that a lead was
+//! delivered. On open the file is replayed (a torn last line from a crash mid-write is
+//! skipped; a corrupt line in the middle is skipped with a warning) and compacted: the
+//! pending leads are written to a new file, which is flushed and renamed over the old one,
+//! and the directory is flushed so the rename itself survives a crash. While running, the
+//! same compaction happens again once delivered leads make up most of a large file.
+//!
+//! One process per directory: the journal assumes it is the only writer.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::lead::Lead;
+
+/// The journal's file name inside the leads directory.
+pub const FILE_NAME: &str = "leads.jsonl";
+/// The file written during compaction, renamed over [`FILE_NAME`] when complete.
+const COMPACTING_NAME: &str = "leads.jsonl.tmp";
+
+/// One line of the journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Record {
+    /// A captured lead, pending until a [`Record::Delivered`] with its id follows.
+    Lead(LeadRecord),
+    /// The lead `id` was accepted by the mail server at `at` (Unix seconds).
+    Delivered { id: String, at: u64 },
+}
+
+/// A captured lead with everything needed to e-mail it after a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeadRecord {
+    /// Unique id, e.g. `lead_1767225600123_5f0c2a9e41b7d380`.
+    pub id: String,
+    /// When it was captured (Unix seconds).
+    pub at: u64,
+    /// The tenant's name (for logs).
+    pub tenant: String,
+    /// The calling website's origin.
+    pub site: String,
+    /// The conversation it came from.
+    pub conversation: String,
+    /// The recipients, as configured when the lead was captured.
+    pub to: Vec<String>,
+    /// What the visitor left.
+    pub lead: Lead,
+}
+
+/// The journal is compacted while running once it is at least this long and at least
+/// twice as long as its pending leads.
+const COMPACT_OVER_BYTES: u64 = 1 << 20;
+
+/// The open journal, positioned for appending.
+#[derive(Debug)]
+pub struct Journal {
+    dir: PathBuf,
+    path: PathBuf,
+    file: File,
+    /// Length of the file after the last complete append: a failed append is cut back to it.
+    len: u64,
+    /// The pending leads' ids and lines, in order: what a compaction keeps.
+    pending: Vec<(String, Vec<u8>)>,
+    compact_over: u64,
+}
+
+impl Journal {
+    /// Opens (creating it if needed) the journal in `dir`, and returns it with the pending
+    /// leads in capture order. The file is compacted to just those leads.
+    pub fn open(dir: &Path) -> Result<(Journal, Vec<LeadRecord>), String> {
+        fs::create_dir_all(dir).map_err(|e| {
+            format!(
+                "cannot create the lead directory {}: {e}; create it or point leads.dir at \
+                 a writable directory",
+                dir.display()
+            )
+        })?;
+        let path = dir.join(FILE_NAME);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                return Err(format!(
+                    "cannot read the lead journal {}: {e}; check its permissions",
+                    path.display()
+                ))
+            }
+        };
+        let leads = replay(&bytes, &path);
+        let pending = leads
+            .iter()
+            .map(|lead| Ok((lead.id.clone(), encode(&Record::Lead(lead.clone()))?)))
+            .collect::<Result<Vec<_>, String>>()?;
+        let (file, len) = rewrite(dir, &pending)?;
+        let journal = Journal {
+            dir: dir.to_path_buf(),
+            path,
+            file,
+            len,
+            pending,
+            compact_over: COMPACT_OVER_BYTES,
+        };
+        Ok((journal, leads))
+    }
+
+    /// The journal file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one record and flushes it to disk. On failure the file is cut back so the
+    /// next append starts on a clean line.
+    pub fn append(&mut self, record: &Record) -> Result<(), String> {
+        let line = encode(record)?;
+        let written = self
+            .file
+            .write_all(&line)
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = written {
+            let _ = self.file.set_len(self.len);
+            return Err(cannot_write(&self.path, &e));
+        }
+        self.len += line.len() as u64;
+        match record {
+            Record::Lead(lead) => self.pending.push((lead.id.clone(), line)),
+            Record::Delivered { id, .. } => self.pending.retain(|(pending, _)| pending != id),
+        }
+        self.compact_if_worth_it();
+        Ok(())
+    }
+
+    /// Rewrites the file with just the pending leads when the delivered ones make up most of
+    /// a large file. A failure only leaves the file as long as it was.
+    fn compact_if_worth_it(&mut self) {
+        let pending_bytes: u64 = self.pending.iter().map(|(_, line)| line.len() as u64).sum();
+        if self.len < self.compact_over || self.len < 2 * pending_bytes {
+            return;
+        }
+        match rewrite(&self.dir, &self.pending) {
+            Ok((file, len)) => {
+                self.file = file;
+                self.len = len;
+            }
+            Err(e) => log::warn!("lead journal not compacted: {e}"),
+        }
+    }
+}
+
+/// A record as one line of JSON, with its line end.
+fn encode(record: &Record) -> Result<Vec<u8>, String> {
+    let mut line =
+        serde_json::to_vec(record).map_err(|e| format!("cannot encode a journal record: {e}"))?;
+    line.push(b'\n');
+    Ok(line)
+}
+
+/// The current time in Unix seconds, for records.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn cannot_write(path: &Path, e: &std::io::Error) -> String {
+    format!(
+        "cannot write the lead journal {}: {e}; check free space and permissions",
+        path.display()
+    )
+}
+
+/// The pending leads of a journal's contents: leads without a later delivered mark, in
+/// order, each id once. Lines that do not parse are skipped with a warning.
+pub fn replay(bytes: &[u8], path: &Path) -> Vec<LeadRecord> {
+    let lines: Vec<&[u8]> = bytes
+        .split(|&b| b == b'\n')
+        .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
+        .collect();
+    let mut leads = Vec::new();
+    let mut seen = HashSet::new();
+    let mut delivered = HashSet::new();
+    for (index, line) in lines.iter().enumerate() {
+        match serde_json::from_slice::<Record>(line) {
+            Ok(Record::Lead(lead)) => {
+                if seen.insert(lead.id.clone()) {
+                    leads.push(lead);
+                }
+            }
+            Ok(Record::Delivered { id, .. }) => {
+                delivered.insert(id);
+            }
+            Err(e) if index + 1 == lines.len() => log::warn!(
+                "lead journal {}: skipping an incomplete last record (a crash mid-write?): {e}",
+                path.display()
+            ),
+            Err(e) => log::warn!(
+                "lead journal {}: skipping corrupt record {} of {} ({e}); later records are kept",
+                path.display(),
+                index + 1,
+                lines.len()
+            ),
+        }
+    }
+    leads.retain(|lead| !delivered.contains(&lead.id));
+    leads
+}
+
+/// Replaces the journal in `dir` with one holding just the `pending` lines, durably: they
+/// go to a new file, flushed, renamed over the journal, and the directory is flushed. The
+/// new file's handle (open for appending) stays valid across the rename, so it is returned
+/// with the file's length.
+fn rewrite(dir: &Path, pending: &[(String, Vec<u8>)]) -> Result<(File, u64), String> {
+    let target = dir.join(FILE_NAME);
+    let temporary = dir.join(COMPACTING_NAME);
+    match fs::remove_file(&temporary) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(cannot_write(&temporary, &e)),
+    }
+    let mut file = create_private(&temporary).map_err(|e| cannot_write(&temporary, &e))?;
+    let mut len = 0;
+    for (_, line) in pending {
+        file.write_all(line)
+            .map_err(|e| cannot_write(&temporary, &e))?;
+        len += line.len() as u64;
+    }
+    file.sync_all().map_err(|e| cannot_write(&temporary, &e))?;
+    fs::rename(&temporary, &target).map_err(|e| {
+        format!(
+            "cannot replace the lead journal {} with its compacted copy: {e}; check the \
+             directory's permissions",
+            target.display()
+        )
+    })?;
+    sync_dir(dir)?;
+    Ok((file, len))
+}
+
+/// Creates a new file for appending that only the owner can read: it holds visitors'
+/// messages.
+fn create_private(path: &Path) -> std::io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.append(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)
+}
+
+/// Flushes a directory's entries (new names, renames) to disk.
+fn sync_dir(dir: &Path) -> Result<(), String> {
+    #[cfg(unix)]
+    {
+        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| {
+            format!(
+                "cannot flush the lead directory {} to disk: {e}",
+                dir.display()
+            )
+        })?;
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str) -> LeadRecord {
+        LeadRecord {
+            id: id.to_string(),
+            at: 1_767_225_600,
+            tenant: "acme".into(),
+            site: "https://www.example.com".into(),
+            conversation: "thread_abc".into(),
+            to: vec!["sales@example.com".into()],
+            lead: Lead {
+                name: "Ada".into(),
+                email: "ada@example.net".into(),
+                message: "Call me".into(),
+            },
+        }
+    }
+
+    fn delivered(id: &str) -> Record {
+        Record::Delivered {
+            id: id.into(),
+            at: 1_767_225_601,
+        }
+    }
+
+    fn ids(leads: &[LeadRecord]) -> Vec<&str> {
+        leads.iter().map(|l| l.id.as_str()).collect()
+    }
+
+    fn lines(dir: &Path) -> Vec<String> {
+        fs::read_to_string(dir.join(FILE_NAME))
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn records_are_one_json_object_per_line() {
+        let line = serde_json::to_string(&Record::Lead(record("lead_1"))).unwrap();
+        assert_eq!(
+            line,
+            r#"{"type":"lead","id":"lead_1","at":1767225600,"tenant":"acme","site":"https://www.example.com","conversation":"thread_abc","to":["sales@example.com"],"lead":{"name":"Ada","email":"ada@example.net","message":"Call me"}}"#
+        );
+        let line = serde_json::to_string(&delivered("lead_1")).unwrap();
+        assert_eq!(
+            line,
+            r#"{"type":"delivered","id":"lead_1","at":1767225601}"#
+        );
+    }
+
+    #[test]
+    fn a_missing_directory_is_created() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("data/leads");
+        let (journal, pending) = Journal::open(&dir).unwrap();
+        assert!(pending.is_empty());
+        assert_eq!(journal.path(), dir.join(FILE_NAME));
+        assert!(journal.path().exists());
+    }
+
+    #[test]
+    fn pending_leads_are_replayed_after_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut journal, _) = Journal::open(dir.path()).unwrap();
+        journal.append(&Record::Lead(record("lead_1"))).unwrap();
+        journal.append(&Record::Lead(record("lead_2"))).unwrap();
+        drop(journal);
+
+        let (_, pending) = Journal::open(dir.path()).unwrap();
+        assert_eq!(pending, vec![record("lead_1"), record("lead_2")]);
+    }
+
+    #[test]
+    fn delivered_leads_are_not_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut journal, _) = Journal::open(dir.path()).unwrap();
+        journal.append(&Record::Lead(record("lead_1"))).unwrap();
+        journal.append(&Record::Lead(record("lead_2"))).unwrap();
+        journal.append(&delivered("lead_1")).unwrap();
+        drop(journal);
+
+        let (_, pending) = Journal::open(dir.path()).unwrap();
+        assert_eq!(ids(&pending), ["lead_2"]);
+    }
+
+    #[test]
+    fn a_torn_last_line_loses_nothing_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut journal, _) = Journal::open(dir.path()).unwrap();
+        journal.append(&Record::Lead(record("lead_1"))).unwrap();
+        drop(journal);
+        let mut file = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(FILE_NAME))
+            .unwrap();
+        file.write_all(br#"{"type":"lead","id":"lead_2","at":17672"#)
+            .unwrap();
+        drop(file);
+
+        let (mut journal, pending) = Journal::open(dir.path()).unwrap();
+        assert_eq!(ids(&pending), ["lead_1"]);
+        // The torn bytes are gone, so the next record starts on a line of its own.
+        journal.append(&Record::Lead(record("lead_3"))).unwrap();
+        drop(journal);
+        let (_, pending) = Journal::open(dir.path()).unwrap();
+        assert_eq!(ids(&pending), ["lead_1", "lead_3"]);
+    }
+
+    #[test]
+    fn a_corrupt_middle_line_is_skipped_and_later_records_kept() {
+        let good = |r: &Record| serde_json::to_string(r).unwrap();
+        let text = format!(
+            "{}\n{{\"type\":\"lead\",garbage\n\u{0}\u{1}\n{}\n{}\n",
+            good(&Record::Lead(record("lead_1"))),
+            good(&Record::Lead(record("lead_2"))),
+            good(&delivered("lead_1")),
+        );
+        let pending = replay(text.as_bytes(), Path::new("leads.jsonl"));
+        assert_eq!(ids(&pending), ["lead_2"]);
+    }
+
+    #[test]
+    fn invalid_utf8_and_blank_lines_do_not_stop_the_replay() {
+        let mut bytes = b"\n\xff\xfe\n  \n".to_vec();
+        bytes.extend(serde_json::to_vec(&Record::Lead(record("lead_1"))).unwrap());
+        bytes.push(b'\n');
+        assert_eq!(ids(&replay(&bytes, Path::new("j"))), ["lead_1"]);
+    }
+
+    #[test]
+    fn a_lead_recorded_twice_is_replayed_once() {
+        let line = serde_json::to_string(&Record::Lead(record("lead_1"))).unwrap();
+        let text = format!("{line}\n{line}\n");
+        assert_eq!(ids(&replay(text.as_bytes(), Path::new("j"))), ["lead_1"]);
+    }
+
+    #[test]
+    fn opening_compacts_the_file_to_the_pending_leads() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut journal, _) = Journal::open(dir.path()).unwrap();
+        for id in ["lead_1", "lead_2", "lead_3"] {
+            journal.append(&Record::Lead(record(id))).unwrap();
+        }
+        journal.append(&delivered("lead_1")).unwrap();
+        journal.append(&delivered("lead_3")).unwrap();
+        drop(journal);
+        assert_eq!(lines(dir.path()).len(), 5);
+
+        let (_, pending) = Journal::open(dir.path()).unwrap();
+        assert_eq!(ids(&pending), ["lead_2"]);
+        let compacted = lines(dir.path());
+        assert_eq!(compacted.len(), 1);
+        assert!(compacted[0].contains(r#""id":"lead_2""#), "{compacted:?}");
+        assert!(!dir.path().join(COMPACTING_NAME).exists());
+    }
+
+    #[test]
+    fn a_long_running_journal_is_compacted_as_leads_are_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut journal, _) = Journal::open(dir.path()).unwrap();
+        journal.compact_over = 2_000;
+        for i in 0..100 {
+            let id = format!("lead_{i}");
+            journal.append(&Record::Lead(record(&id))).unwrap();
+            if i != 42 {
+                journal.append(&delivered(&id)).unwrap();
+            }
+        }
+        // About 30 kB were written; what is left is the still pending lead and little else.
+        let size = fs::metadata(journal.path()).unwrap().len();
+        assert!(size < 2_500, "{size} bytes");
+        assert_eq!(journal.len, size);
+        journal.append(&Record::Lead(record("lead_last"))).unwrap();
+        drop(journal);
+
+        let (_, pending) = Journal::open(dir.path()).unwrap();
+        assert_eq!(ids(&pending), ["lead_42", "lead_last"]);
+    }
+
+    #[test]
+    fn a_stale_compaction_file_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(COMPACTING_NAME), "left over by a crash").unwrap();
+        let (mut journal, _) = Journal::open(dir.path()).unwrap();
+        journal.append(&Record::Lead(record("lead_1"))).unwrap();
+        drop(journal);
+        assert_eq!(ids(&Journal::open(dir.path()).unwrap().1), ["lead_1"]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_journal_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(dir.path()).unwrap();
+        let mode = fs::metadata(journal.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}

@@ -1,0 +1,210 @@
+//! Lead capture: when the assistant calls the lead tool (`sendEmail` by default) with a
+//! visitor's name, e-mail address and message, the proxy e-mails the lead to the tenant and
+//! answers the tool call with a sentence the assistant can relay.
+//!
+//! [`LeadDesk`] is the whole API. A call goes: [`lead`] (parse and validate) → [`caps`]
+//! (per-conversation and per-tenant limits) → [`journal`] (appended and flushed to disk, so
+//! no captured lead is lost) → [`delivery`] (a first attempt while the assistant waits, at
+//! most `send_timeout`; then the background service retries with [`backoff`]) → [`reply`]
+//! (the tool output). The e-mail itself is built in [`lead`] and sent by [`mailer`].
+//!
+//! Logging: lead ids, tenants, sites and conversations at info; the visitor's name and
+//! address at debug only; the message body and the SMTP password never.
+
+mod backoff;
+mod caps;
+mod delivery;
+mod journal;
+mod lead;
+mod mailer;
+mod outbox;
+mod reply;
+
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pingora::services::background::BackgroundService;
+use tokio::sync::oneshot;
+
+use crate::config::{LeadSettings, SmtpSettings, Tenant};
+use caps::{Caps, Refusal};
+use delivery::{Courier, Outcome};
+use journal::{unix_now, Journal, LeadRecord};
+use mailer::Mailer;
+
+/// Where a lead-tool call came from.
+#[derive(Debug, Clone, Copy)]
+pub struct LeadSource<'a> {
+    /// The tenant whose assistant called the tool.
+    pub tenant: &'a Tenant,
+    /// The calling origin, e.g. `https://www.example.com`.
+    pub site: &'a str,
+    /// The conversation: `thread_...` or `conv_...`.
+    pub conversation: &'a str,
+}
+
+/// Captures leads and gets them delivered; one per process, shared by all requests.
+pub struct LeadDesk {
+    courier: Arc<Courier>,
+    caps: Mutex<Caps>,
+    send_timeout: Duration,
+}
+
+impl LeadDesk {
+    /// Open the journal in settings.dir (replaying pending leads), build the mailer if SMTP
+    /// is configured.
+    pub fn open(
+        settings: &LeadSettings,
+        smtp: Option<&SmtpSettings>,
+    ) -> Result<Arc<LeadDesk>, String> {
+        let mailer = smtp.map(Mailer::new).transpose()?;
+        let (journal, pending) = Journal::open(&settings.dir)?;
+        let path = journal.path().display().to_string();
+        match &mailer {
+            Some(mailer) => log::info!("lead e-mails go through {}", mailer.server()),
+            None => log::warn!(
+                "SMTP is not configured: captured leads are saved in {path} but not e-mailed; \
+                 add an [smtp] section to the configuration to deliver them"
+            ),
+        }
+        if !pending.is_empty() {
+            log::info!(
+                "{} lead(s) in {path} are still to be delivered",
+                pending.len()
+            );
+        }
+        Ok(Arc::new(LeadDesk {
+            courier: Arc::new(Courier::new(journal, pending, mailer)),
+            caps: Mutex::new(Caps::new(
+                settings.max_per_conversation,
+                settings.max_per_tenant_per_hour,
+            )),
+            send_timeout: settings.send_timeout,
+        }))
+    }
+
+    /// Handle one lead-tool call whose raw `arguments` string came from the model: validate,
+    /// check caps, journal (fsync), try to deliver for at most settings.send_timeout (the
+    /// attempt goes on in the background if it takes longer), and return the tool output
+    /// sentence. Never panics, never fails.
+    pub async fn capture(&self, source: &LeadSource<'_>, arguments: &str) -> String {
+        let tenant = source.tenant;
+        let lead = match lead::parse(arguments) {
+            Ok(lead) => lead,
+            Err(problems) => {
+                log::info!(
+                    "lead tool call refused for tenant {} (conversation {}): {problems:?}",
+                    tenant.name,
+                    source.conversation
+                );
+                return reply::invalid(&problems, &tenant.lead_tool);
+            }
+        };
+        let admitted = self.caps.lock().unwrap_or_else(|p| p.into_inner()).admit(
+            &tenant.name,
+            source.conversation,
+            Instant::now(),
+        );
+        if let Err(refusal) = admitted {
+            log::warn!(
+                "lead refused for tenant {} (site {}, conversation {}): {refusal:?} reached",
+                tenant.name,
+                source.site,
+                source.conversation
+            );
+            return match refusal {
+                Refusal::Conversation { limit } => reply::conversation_cap(limit),
+                Refusal::Tenant { .. } => reply::tenant_cap(),
+            };
+        }
+
+        let record = LeadRecord {
+            id: new_id(),
+            at: unix_now(),
+            tenant: tenant.name.clone(),
+            site: source.site.to_string(),
+            conversation: source.conversation.to_string(),
+            to: tenant.lead_recipients.clone(),
+            lead,
+        };
+        log::info!(
+            "lead {} captured for tenant {} (site {}, conversation {})",
+            record.id,
+            tenant.name,
+            source.site,
+            source.conversation
+        );
+        log::debug!(
+            "lead {}: {} <{}>",
+            record.id,
+            record.lead.name,
+            record.lead.email
+        );
+        if tenant.lead_recipients.is_empty() {
+            log::error!(
+                "tenant {} has no lead_recipients: lead {} is saved but cannot be e-mailed",
+                tenant.name,
+                record.id
+            );
+        }
+
+        let email = record.lead.email.clone();
+        let (saved_tx, saved_rx) = oneshot::channel();
+        // A task of its own: journaling and the attempt finish even if this call is dropped.
+        let first_attempt = tokio::spawn(Arc::clone(&self.courier).take_in(record, saved_tx));
+        let saved = saved_rx.await.unwrap_or(false);
+        let delivered = self.courier.can_send()
+            && matches!(
+                tokio::time::timeout(self.send_timeout, first_attempt).await,
+                Ok(Ok(Outcome::Delivered))
+            );
+        match (delivered, saved) {
+            (true, _) => reply::sent(&email),
+            (false, true) => reply::queued(&email),
+            (false, false) => reply::not_saved(&email),
+        }
+    }
+
+    /// Leads journaled but not yet delivered.
+    pub fn pending_count(&self) -> usize {
+        self.courier.pending_count()
+    }
+
+    /// The background delivery service, to add to the Pingora server
+    /// (`pingora::services::background::background_service("lead delivery", ...)`): it
+    /// delivers pending leads, retries with backoff, wakes at once when capture() queues one,
+    /// and stops on shutdown.
+    pub fn delivery_service(self: &Arc<Self>) -> impl BackgroundService + Send + Sync + 'static {
+        self.courier.service()
+    }
+}
+
+/// A fresh lead id: `lead_<unix ms>_<16 hex digits>`, unique across restarts.
+fn new_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let salt = std::collections::hash_map::RandomState::new()
+        .hash_one((millis, COUNTER.fetch_add(1, Ordering::Relaxed)));
+    format!("lead_{millis}_{salt:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_unique_and_shaped() {
+        let ids: std::collections::HashSet<String> = (0..1000).map(|_| new_id()).collect();
+        assert_eq!(ids.len(), 1000);
+        let id = ids.iter().next().unwrap();
+        let parts: Vec<&str> = id.split('_').collect();
+        assert_eq!(parts.len(), 3, "{id}");
+        assert_eq!(parts[0], "lead");
+        assert!(parts[1].parse::<u64>().is_ok(), "{id}");
+        assert_eq!(parts[2].len(), 16, "{id}");
+    }
+}
