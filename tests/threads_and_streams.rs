@@ -302,24 +302,6 @@ fn split_writes_and_crlf_line_ends_are_relayed_unchanged() {
 }
 
 #[test]
-fn a_requires_action_stream_is_relayed_unchanged() {
-    let stream = assert_passthrough(
-        r#"[stub:tool_calls=[{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}]] weather?"#,
-    );
-    let events = stream.events();
-    let names = event_names(&events);
-    assert_eq!(
-        names[names.len() - 2..],
-        ["thread.run.requires_action", "done"],
-        "{}",
-        stream.text()
-    );
-    let run = events[events.len() - 2].json();
-    let calls = &run["required_action"]["submit_tool_outputs"]["tool_calls"];
-    assert_eq!(calls[0]["function"]["name"], "get_weather");
-}
-
-#[test]
 fn events_are_delivered_as_the_upstream_sends_them() {
     let (_stub, proxy) = start_pair();
     let thread_id = proxy.create_thread(ORIGIN_A);

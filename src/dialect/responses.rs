@@ -26,10 +26,10 @@ pub fn create_conversation(tenant: &Tenant) -> UpstreamRequest {
     )
 }
 
-/// `GET /conversations/{id}/items`, oldest first.
+/// `GET /conversations/{id}/items`, newest first (as the Assistants API lists thread messages).
 pub fn list_items(conversation: &str) -> UpstreamRequest {
     UpstreamRequest::get(format!(
-        "/conversations/{conversation}/items?order=asc&limit=100"
+        "/conversations/{conversation}/items?order=desc&limit=100"
     ))
 }
 

@@ -57,6 +57,33 @@ pub struct LeadRecord {
 /// twice as long as its pending leads.
 const COMPACT_OVER_BYTES: u64 = 1 << 20;
 
+/// Take the directory's exclusive lock (`leads.lock`). The journal assumes a single writer:
+/// two processes sharing it could lose delivered marks (sending a lead twice) or, through
+/// compaction, leads. The lock is released by the OS when the process ends, even on `kill -9`.
+fn lock_dir(dir: &Path) -> Result<File, String> {
+    let path = dir.join("leads.lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| {
+            format!(
+                "cannot open {}: {e}; check the directory's permissions",
+                path.display()
+            )
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "another chatbot-proxy process uses the lead directory {}: give each process its \
+             own leads.dir",
+            dir.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
+    }
+}
+
 /// The open journal, positioned for appending.
 #[derive(Debug)]
 pub struct Journal {
@@ -68,6 +95,8 @@ pub struct Journal {
     /// The pending leads' ids and lines, in order: what a compaction keeps.
     pending: Vec<(String, Vec<u8>)>,
     compact_over: u64,
+    /// Held for the journal's life: one process per lead directory (see [`lock_dir`]).
+    _lock: File,
 }
 
 impl Journal {
@@ -81,6 +110,7 @@ impl Journal {
                 dir.display()
             )
         })?;
+        let lock = lock_dir(dir)?;
         let path = dir.join(FILE_NAME);
         let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
@@ -105,6 +135,7 @@ impl Journal {
             len,
             pending,
             compact_over: COMPACT_OVER_BYTES,
+            _lock: lock,
         };
         Ok((journal, leads))
     }
@@ -407,6 +438,16 @@ mod tests {
         let line = serde_json::to_string(&Record::Lead(record("lead_1"))).unwrap();
         let text = format!("{line}\n{line}\n");
         assert_eq!(ids(&replay(text.as_bytes(), Path::new("j"))), ["lead_1"]);
+    }
+
+    #[test]
+    fn a_second_journal_on_the_same_directory_is_refused_until_the_first_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, _) = Journal::open(dir.path()).unwrap();
+        let err = Journal::open(dir.path()).unwrap_err();
+        assert!(err.contains("another chatbot-proxy process"), "{err}");
+        drop(first);
+        assert!(Journal::open(dir.path()).is_ok());
     }
 
     #[test]

@@ -1,0 +1,13 @@
+-- wrk: POST /v1/threads/{id}/runs through nginx: one streamed run per request (nginx cannot
+-- add the message first, so it does less work per request than chatbot-proxy).
+local threads = {}
+for line in io.lines(os.getenv("THREADS")) do threads[#threads + 1] = line end
+local i = 0
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["OpenAI-Beta"] = "assistants=v2"
+wrk.body = '{"assistant_id":"asst_bench","stream":true}'
+request = function()
+  i = i % #threads + 1
+  return wrk.format(nil, "/v1/threads/" .. threads[i] .. "/runs")
+end
