@@ -123,10 +123,12 @@ impl<'s> Relay<'s> {
     }
 
     /// Forward one upstream stream until it ends; `reader` tells what each event means.
+    /// `continuation`: the stream continues the answer after tool outputs.
     pub async fn pump(
         &mut self,
         upstream: &mut UpstreamResponse,
         reader: &mut EventReader,
+        continuation: bool,
     ) -> LegEnd {
         let mut parser = SseParser::new();
         let mut last = None;
@@ -161,7 +163,7 @@ impl<'s> Relay<'s> {
             for (event, end) in &events {
                 let signal = reader.observe(event);
                 if let (Framing::WidgetV1(dialect), false) = (self.framing, holding) {
-                    writes.extend(widget::translate(dialect, event, &signal));
+                    writes.extend(widget::translate(dialect, event, &signal, continuation));
                 }
                 match signal {
                     Signal::Progress => {}

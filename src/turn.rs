@@ -34,7 +34,7 @@ impl Turn<'_> {
         let mut rounds = 0;
         loop {
             let mut reader = self.dialect.reader();
-            let end = relay.pump(&mut upstream, &mut reader).await;
+            let end = relay.pump(&mut upstream, &mut reader, rounds > 0).await;
             if end.last() != Some(&Signal::RequiresAction) {
                 return self.close(relay, end, upstream).await;
             }

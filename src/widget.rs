@@ -28,11 +28,18 @@ pub fn end(messages: Vec<Value>) -> Bytes {
     frame(&json!({"event": "end", "messages": messages}))
 }
 
-/// The widget-v1 event for one upstream event, if it is one the widget sees.
-pub fn translate(dialect: Dialect, event: &SseEvent, signal: &Signal) -> Option<Bytes> {
+/// The widget-v1 event for one upstream event, if it is one the widget sees. `continuation`:
+/// the event belongs to a stream that continues the answer after tool outputs (for the
+/// widget that is still the same run, so a new response's creation is not announced).
+pub fn translate(
+    dialect: Dialect,
+    event: &SseEvent,
+    signal: &Signal,
+    continuation: bool,
+) -> Option<Bytes> {
     match dialect {
         Dialect::Assistants => translate_run_event(event),
-        Dialect::Responses => translate_response_event(event, signal),
+        Dialect::Responses => translate_response_event(event, signal, continuation),
     }
 }
 
@@ -60,8 +67,13 @@ fn translate_run_event(event: &SseEvent) -> Option<Bytes> {
 }
 
 /// Responses API events become the Assistants-shaped events the widget knows.
-fn translate_response_event(event: &SseEvent, signal: &Signal) -> Option<Bytes> {
+fn translate_response_event(
+    event: &SseEvent,
+    signal: &Signal,
+    continuation: bool,
+) -> Option<Bytes> {
     match (event.event.as_str(), signal) {
+        ("response.created", _) if continuation => None,
         ("response.created", _) => Some(frame(
             &json!({"event": "thread.run.created", "status": "queued"}),
         )),
@@ -76,7 +88,11 @@ fn translate_response_event(event: &SseEvent, signal: &Signal) -> Option<Bytes> 
         ("response.output_item.done", _) => {
             let data: Value = serde_json::from_str(&event.data).ok()?;
             let item = data.get("item")?;
-            if item.get("type")?.as_str()? != "message" {
+            // A message cut short (status `incomplete`) is not announced as completed: the
+            // failure that follows ends the answer.
+            if item.get("type")?.as_str()? != "message"
+                || item.get("status").and_then(Value::as_str) != Some("completed")
+            {
                 return None;
             }
             Some(frame(&json!({
@@ -161,12 +177,18 @@ mod tests {
             json!({"id": "run_1", "object": "thread.run", "status": "queued", "model": "gpt-4o"}),
         );
         assert_eq!(
-            text(translate(Dialect::Assistants, &created, &Signal::Progress)).unwrap(),
+            text(translate(
+                Dialect::Assistants,
+                &created,
+                &Signal::Progress,
+                false
+            ))
+            .unwrap(),
             "data: {\"event\":\"thread.run.created\",\"status\":\"queued\"}\n\n"
         );
         let step = event("thread.run.step.created", json!({"status": "in_progress"}));
         assert_eq!(
-            translate(Dialect::Assistants, &step, &Signal::Progress),
+            translate(Dialect::Assistants, &step, &Signal::Progress, false),
             None
         );
         let done = SseEvent {
@@ -174,7 +196,10 @@ mod tests {
             data: "[DONE]".into(),
             id: None,
         };
-        assert_eq!(translate(Dialect::Assistants, &done, &Signal::Done), None);
+        assert_eq!(
+            translate(Dialect::Assistants, &done, &Signal::Done, false),
+            None
+        );
     }
 
     #[test]
@@ -185,28 +210,42 @@ mod tests {
             json!({"type": "response.output_text.delta", "delta": "Hi"}),
         );
         assert_eq!(
-            text(translate(d, &delta, &Signal::Progress)).unwrap(),
+            text(translate(d, &delta, &Signal::Progress, false)).unwrap(),
             "data: {\"event\":\"thread.message.delta\",\"delta\":{\"content\":[{\"index\":0,\"type\":\"text\",\"text\":{\"value\":\"Hi\"}}]}}\n\n"
         );
         let done = event(
             "response.output_item.done",
-            json!({"item": {"type": "message", "role": "assistant",
+            json!({"item": {"type": "message", "role": "assistant", "status": "completed",
                 "content": [{"type": "output_text", "text": "Hi there", "annotations": []}]}}),
         );
         assert_eq!(
-            text(translate(d, &done, &Signal::Progress)).unwrap(),
+            text(translate(d, &done, &Signal::Progress, false)).unwrap(),
             "data: {\"event\":\"thread.message.completed\",\"status\":\"completed\",\"content\":[{\"type\":\"text\",\"text\":{\"value\":\"Hi there\",\"annotations\":[]}}]}\n\n"
+        );
+        let cut_short = event(
+            "response.output_item.done",
+            json!({"item": {"type": "message", "status": "incomplete", "content": []}}),
+        );
+        assert_eq!(translate(d, &cut_short, &Signal::Progress, false), None);
+        let created = event("response.created", json!({}));
+        assert!(translate(d, &created, &Signal::Progress, false).is_some());
+        assert_eq!(
+            translate(d, &created, &Signal::Progress, true),
+            None,
+            "a continuation is the same run for the widget"
         );
         let call_done = event(
             "response.output_item.done",
             json!({"item": {"type": "function_call", "name": "sendEmail"}}),
         );
-        assert_eq!(translate(d, &call_done, &Signal::Progress), None);
+        assert_eq!(translate(d, &call_done, &Signal::Progress, false), None);
         let completed = event("response.completed", json!({}));
-        assert!(text(translate(d, &completed, &Signal::RequiresAction))
-            .unwrap()
-            .contains("\"thread.run.requires_action\""));
-        assert!(text(translate(d, &completed, &Signal::Completed))
+        assert!(
+            text(translate(d, &completed, &Signal::RequiresAction, false))
+                .unwrap()
+                .contains("\"thread.run.requires_action\"")
+        );
+        assert!(text(translate(d, &completed, &Signal::Completed, false))
             .unwrap()
             .contains("\"thread.run.completed\""));
     }
