@@ -214,60 +214,10 @@ fn direct_response(stub: &Stub, key: &str, body: &Value, conversation: &str) -> 
     resp
 }
 
-/// Masks what differs between two runs of the same stub stream: generated ids (string
-/// values `"conv_…"`, `"resp_…"`, `"msg_…"`, `"fc_…"`, `"call_…"`) and timestamps (runs of
-/// 9 or more digits). Everything else (field order, spacing, line ends) is kept.
-fn normalize(bytes: &[u8]) -> String {
-    const PREFIXES: [&str; 5] = ["conv_", "resp_", "msg_", "fc_", "call_"];
-    let chars: Vec<char> = String::from_utf8_lossy(bytes).chars().collect();
-    let mut out = String::with_capacity(chars.len());
-    let mut i = 0;
-    'outer: while i < chars.len() {
-        if chars[i] == '"' {
-            for prefix in PREFIXES {
-                let p: Vec<char> = prefix.chars().collect();
-                if chars[i + 1..].starts_with(&p) {
-                    let start = i + 1 + p.len();
-                    let mut end = start;
-                    while end < chars.len() && chars[end].is_ascii_alphanumeric() {
-                        end += 1;
-                    }
-                    if end > start
-                        && chars.get(end) == Some(&'"')
-                        && chars.get(end + 1) != Some(&':')
-                    {
-                        out.push('"');
-                        out.push_str(prefix);
-                        out.push_str("ID\"");
-                        i = end + 1;
-                        continue 'outer;
-                    }
-                }
-            }
-        }
-        if chars[i].is_ascii_digit() {
-            let mut end = i;
-            while end < chars.len() && chars[end].is_ascii_digit() {
-                end += 1;
-            }
-            if end - i >= 9 {
-                out.push('N');
-            } else {
-                out.extend(&chars[i..end]);
-            }
-            i = end;
-            continue;
-        }
-        out.push(chars[i]);
-        i += 1;
-    }
-    out
-}
-
 fn assert_same_stream(relayed: &[u8], upstream: &[u8], context: &str) {
     assert!(!upstream.is_empty(), "{context}: the stub sent nothing");
-    let got = normalize(relayed);
-    let want = normalize(upstream);
+    let got = normalize_stream(relayed);
+    let want = normalize_stream(upstream);
     assert!(
         got == want,
         "{context}: the relayed stream differs from what the upstream sends\n\

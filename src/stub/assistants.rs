@@ -882,73 +882,8 @@ fn tool_call_events(
 mod tests {
     use super::*;
     use crate::stub::directives::Directives;
+    use crate::stub::examples::{example, keys_in_order};
     use std::collections::HashMap;
-
-    const WIRE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/openai-wire");
-
-    /// (event name, data) pairs of an example file, `...` lines skipped.
-    fn example(file: &str) -> Option<Vec<(String, String)>> {
-        let text = std::fs::read_to_string(format!("{WIRE_DIR}/{file}"))
-            .unwrap_or_else(|e| panic!("reading the wire example {file}: {e}"));
-        let mut out = Vec::new();
-        let mut name = None;
-        for line in text.lines() {
-            if let Some(n) = line.strip_prefix("event: ") {
-                name = Some(n.to_string());
-            } else if let Some(d) = line.strip_prefix("data: ") {
-                out.push((name.take().unwrap_or_default(), d.to_string()));
-            }
-        }
-        Some(out)
-    }
-
-    /// Every object key with its nesting depth, in document order; the
-    /// inside of a tool's `parameters` schema is left out (the examples use
-    /// a real schema, the stub an empty one).
-    fn keys_in_order(raw: &str) -> Vec<(usize, String)> {
-        let bytes = raw.as_bytes();
-        let mut all = Vec::new();
-        let (mut depth, mut i, mut in_str, mut start) = (0usize, 0usize, false, 0usize);
-        while i < bytes.len() {
-            let c = bytes[i];
-            if in_str {
-                if c == b'\\' {
-                    i += 1;
-                } else if c == b'"' {
-                    in_str = false;
-                    if raw[i + 1..].trim_start().starts_with(':') {
-                        all.push((depth, raw[start..i].to_string()));
-                    }
-                }
-            } else {
-                match c {
-                    b'"' => {
-                        in_str = true;
-                        start = i + 1;
-                    }
-                    b'{' | b'[' => depth += 1,
-                    b'}' | b']' => depth = depth.saturating_sub(1),
-                    _ => {}
-                }
-            }
-            i += 1;
-        }
-        let mut out = Vec::new();
-        let mut skip_below: Option<usize> = None;
-        for (d, k) in all {
-            if let Some(limit) = skip_below {
-                if d > limit {
-                    continue;
-                }
-                skip_below = None;
-            }
-            if k == "parameters" {
-                skip_below = Some(d);
-            }
-            out.push((d, k));
-        }
-        out
-    }
 
     fn ctx(with_tools: bool) -> RunCtx {
         let mut d = Directives::default();
@@ -992,10 +927,7 @@ mod tests {
     /// in the same order and nesting as one example event of the same name
     /// (deltas come in several shapes).
     fn check_against_example(plan: &Plan, file: &str) {
-        let Some(ex) = example(file) else {
-            eprintln!("{file} not found; shape check skipped");
-            return;
-        };
+        let ex = example(file);
         let mut by_name: HashMap<&str, Vec<&str>> = HashMap::new();
         for (n, d) in &ex {
             by_name.entry(n.as_str()).or_default().push(d.as_str());
@@ -1047,7 +979,8 @@ mod tests {
             "done",
         ];
         assert_eq!(plan.names(), expected);
-        if let Some(ex) = example("assistants-create-run-stream.sse") {
+        {
+            let ex = example("assistants-create-run-stream.sse");
             let ex_names: Vec<&str> = ex.iter().map(|(n, _)| n.as_str()).collect();
             assert_eq!(
                 names_without_repeats(&plan.names()),
@@ -1091,7 +1024,8 @@ mod tests {
         let names = plan.names();
         assert_eq!(names.last(), Some(&"done"));
         assert_eq!(names[names.len() - 2], "thread.run.requires_action");
-        if let Some(ex) = example("assistants-create-run-requires-action.sse") {
+        {
+            let ex = example("assistants-create-run-requires-action.sse");
             let ex_names: Vec<&str> = ex
                 .iter()
                 .map(|(n, _)| n.as_str())
@@ -1149,7 +1083,8 @@ mod tests {
         );
         assert_eq!(end.status, RunStatus::Completed);
         let names = plan.names();
-        if let Some(ex) = example("assistants-submit-tool-outputs-stream.sse") {
+        {
+            let ex = example("assistants-submit-tool-outputs-stream.sse");
             let ex_names: Vec<&str> = ex.iter().map(|(n, _)| n.as_str()).collect();
             assert_eq!(
                 names_without_repeats(&names),
@@ -1236,14 +1171,5 @@ mod tests {
         assert_eq!(plan.ending, Ending::Cut);
         assert_eq!(plan.names().last(), Some(&"thread.message.delta"));
         assert_eq!(end.status, RunStatus::Failed);
-    }
-
-    #[test]
-    fn key_order_helper_reads_document_order() {
-        let keys: Vec<String> = keys_in_order(r#"{"b":1,"a":{"c":[1]},"d":"x\":"}"#)
-            .into_iter()
-            .map(|(_, k)| k)
-            .collect();
-        assert_eq!(keys, ["b", "a", "c", "d"]);
     }
 }

@@ -160,3 +160,5 @@ pub fn stub_service(listen: &str) -> pingora::services::listening::Service<StubA
 
 #[cfg(test)]
 mod e2e_tests;
+#[cfg(test)]
+mod examples;

@@ -634,59 +634,8 @@ fn part_event(name: &'static str, item_id: &str, text: &str) -> Event {
 mod tests {
     use super::*;
     use crate::stub::directives::ToolCallSpec;
+    use crate::stub::examples::{example, keys_in_order};
     use crate::stub::state::new_pending;
-
-    const EXAMPLE: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/openai-wire/responses-create-stream.sse"
-    );
-
-    fn example() -> Option<Vec<(String, String)>> {
-        let text = std::fs::read_to_string(EXAMPLE)
-            .unwrap_or_else(|e| panic!("reading the wire example: {e}"));
-        let mut out = Vec::new();
-        let mut name = None;
-        for line in text.lines() {
-            if let Some(n) = line.strip_prefix("event: ") {
-                name = Some(n.to_string());
-            } else if let Some(d) = line.strip_prefix("data: ") {
-                out.push((name.take().unwrap_or_default(), d.to_string()));
-            }
-        }
-        Some(out)
-    }
-
-    /// Object keys with depth in document order.
-    fn keys_in_order(raw: &str) -> Vec<(usize, String)> {
-        let bytes = raw.as_bytes();
-        let mut out = Vec::new();
-        let (mut depth, mut i, mut in_str, mut start) = (0usize, 0usize, false, 0usize);
-        while i < bytes.len() {
-            let c = bytes[i];
-            if in_str {
-                if c == b'\\' {
-                    i += 1;
-                } else if c == b'"' {
-                    in_str = false;
-                    if raw[i + 1..].trim_start().starts_with(':') {
-                        out.push((depth, raw[start..i].to_string()));
-                    }
-                }
-            } else {
-                match c {
-                    b'"' => {
-                        in_str = true;
-                        start = i + 1;
-                    }
-                    b'{' | b'[' => depth += 1,
-                    b'}' | b']' => depth = depth.saturating_sub(1),
-                    _ => {}
-                }
-            }
-            i += 1;
-        }
-        out
-    }
 
     fn ctx() -> RespCtx {
         RespCtx::new(
@@ -737,7 +686,8 @@ mod tests {
                 "response.completed",
             ]
         );
-        if let Some(ex) = example() {
+        {
+            let ex = example("responses-create-stream.sse");
             let ex_names: Vec<&str> = ex.iter().map(|(n, _)| n.as_str()).collect();
             assert_eq!(dedup(&names), dedup(&ex_names));
             for ev in &plan.events {

@@ -1399,8 +1399,8 @@ pub fn delta_text(events: &[SseEvent]) -> String {
 }
 
 /// Masks what legitimately differs between two runs of the same stub stream: generated ids
-/// (`"thread_…"`, `"run_…"`, `"msg_…"`, `"step_…"`, `"call_…"` string values) and timestamps
-/// (runs of 9 or more digits). Everything else, including field order, number formatting,
+/// (`"thread_…"`, `"run_…"`, `"msg_…"`, `"step_…"`, `"call_…"` string values, and the
+/// Responses API's `"conv_…"`, `"resp_…"`, `"fc_…"`) and timestamps (runs of 9 or more digits). Everything else, including field order, number formatting,
 /// whitespace and line endings, is kept.
 pub fn normalize_stream(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
@@ -1409,7 +1409,9 @@ pub fn normalize_stream(bytes: &[u8]) -> String {
     let mut i = 0;
     'outer: while i < chars.len() {
         if chars[i] == '"' {
-            for prefix in ["thread_", "run_", "msg_", "step_", "call_"] {
+            for prefix in [
+                "thread_", "run_", "msg_", "step_", "call_", "conv_", "resp_", "fc_",
+            ] {
                 let p: Vec<char> = prefix.chars().collect();
                 if chars[i + 1..].starts_with(&p) {
                     let start = i + 1 + p.len();
