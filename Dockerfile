@@ -33,12 +33,13 @@ RUN --mount=type=cache,id=chatbot-proxy-cargo-registry,target=/usr/local/cargo/r
 
 FROM docker.io/library/debian:${DEBIAN_RELEASE}-slim
 # ca-certificates: TLS to the OpenAI API and to the SMTP server (native root store).
-# A system user with a fixed numeric id (10001) so volumes and runAsNonRoot can rely on it.
+# A user with a fixed numeric id (10001, above any host's usual range) so volumes and
+# runAsNonRoot can rely on it; no password, no login shell.
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
- && groupadd --system --gid 10001 chatbot-proxy \
- && useradd --system --uid 10001 --gid 10001 --no-create-home \
+ && groupadd --gid 10001 chatbot-proxy \
+ && useradd --uid 10001 --gid 10001 --no-create-home \
       --home-dir /var/lib/chatbot-proxy --shell /usr/sbin/nologin chatbot-proxy \
  && install -d -m 0750 -o 10001 -g 10001 /var/lib/chatbot-proxy \
  && install -d -m 0755 /etc/chatbot-proxy

@@ -13,7 +13,8 @@
 //! - [`leads`]: the lead tool: validation, durable journal, e-mail delivery, caps.
 //! - [`runs`]: one answer at a time per conversation.
 //! - [`proxy`] and [`server`]: the Pingora service and the process around it; [`logging`]
-//!   keeps secrets out of every log line.
+//!   keeps secrets out of every log line; [`metrics`] counts what they do and serves
+//!   `GET /metrics` on a listener of its own.
 //! - [`stub`]: a stand-in for OpenAI's API, for tests, the demo and benchmarks.
 
 pub mod config;
@@ -21,6 +22,7 @@ pub mod dialect;
 pub mod errors;
 pub mod leads;
 pub mod logging;
+pub mod metrics;
 pub mod origin;
 pub mod proxy;
 pub mod relay;

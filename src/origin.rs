@@ -332,6 +332,12 @@ impl DomainPattern {
         DomainPattern { kind }
     }
 
+    /// Whether this entry covers subdomains (`*.example.com`) rather than one host. An entry
+    /// that is not a wildcard matches exactly the [`Site::host`] equal to its `Display` form.
+    pub fn is_wildcard(&self) -> bool {
+        matches!(self.kind, PatternKind::Subdomains(_))
+    }
+
     /// Whether `host` (as in [`Site::host`]) belongs to this entry. The
     /// host is normalized again (case, trailing dot, `www.`), so a raw host
     /// name without a port works too.

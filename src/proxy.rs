@@ -3,13 +3,14 @@
 //! Every widget request is answered from `request_filter`: route, calling site, tenant, CORS,
 //! then the route's handler talks to the upstream through [`UpstreamClient`] and writes the
 //! answer itself (streams need async writes between upstream reads, which Pingora's body
-//! filters cannot do). `logging` writes the access line. [`RequestCtx`] carries what one
-//! request learned along the way.
+//! filters cannot do). `logging` writes the access line and records the request's
+//! [`Metrics`]. [`RequestCtx`] carries what one request learned along the way.
 
 use crate::config::{Config, StreamFormat, Tenant};
 use crate::dialect::Dialect;
 use crate::errors::{sanitize_retry_after, ApiError};
 use crate::leads::LeadDesk;
+use crate::metrics::{Metrics, UpstreamErrorKind};
 use crate::origin::calling_site;
 use crate::relay::{Framing, Relay};
 use crate::request::parse_process_message;
@@ -38,6 +39,7 @@ pub struct AppState {
     pub upstream: Arc<UpstreamClient>,
     pub runs: Arc<ActiveRuns>,
     pub leads: Arc<LeadDesk>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
@@ -45,13 +47,16 @@ impl AppState {
     pub fn new(config: Config) -> std::result::Result<Arc<Self>, String> {
         let tenants = TenantDirectory::build(&config.tenants)?;
         let upstream = UpstreamClient::new(config.upstream.clone());
-        let leads = LeadDesk::open(&config.leads, config.smtp.as_ref())?;
+        let metrics = Arc::new(Metrics::new());
+        let leads =
+            LeadDesk::open_with_metrics(&config.leads, config.smtp.as_ref(), Arc::clone(&metrics))?;
         Ok(Arc::new(AppState {
             config,
             tenants,
             upstream,
             runs: ActiveRuns::new(),
             leads,
+            metrics,
         }))
     }
 }
@@ -119,17 +124,25 @@ impl ProxyHttp for ChatbotProxy {
             .client_addr()
             .map(|a| a.to_string())
             .unwrap_or_else(|| "-".into());
+        let route = ctx.route.map_or("-", Route::name);
+        let tenant = ctx.tenant.as_ref().map_or("-", |t| t.name.as_str());
+        let duration = ctx.started.elapsed();
         log::info!(
             "access client={} method={} route={} tenant={} status={} duration_ms={} bytes={} outcome={}",
             client,
             session.req_header().method,
-            ctx.route.map_or("-", Route::name),
-            ctx.tenant.as_ref().map_or("-", |t| t.name.as_str()),
+            route,
+            tenant,
             ctx.written.status,
-            ctx.started.elapsed().as_millis(),
+            duration.as_millis(),
             ctx.written.bytes,
             ctx.outcome,
         );
+        let metrics = &self.state.metrics;
+        metrics.request(route, tenant, ctx.written.status, duration);
+        if ctx.outcome != "-" {
+            metrics.stream_outcome(tenant, ctx.outcome);
+        }
     }
 }
 
@@ -206,7 +219,7 @@ impl ChatbotProxy {
         let response = self
             .call(&dialect.create_conversation(tenant), tenant, false)
             .await?;
-        let mut thread = response.json().await.map_err(upstream_failure)?;
+        let mut thread = response.json().await.map_err(|e| self.failed(e))?;
         let id = thread
             .get("id")
             .and_then(Value::as_str)
@@ -237,7 +250,7 @@ impl ChatbotProxy {
 
         if let Some(prepare) = dialect.prepare_turn(&turn.thread_id, &turn.message) {
             let prepared = self.call(&prepare, tenant, true).await?;
-            prepared.read_all().await.map_err(upstream_failure)?;
+            prepared.read_all().await.map_err(|e| self.failed(e))?;
         }
         let start = dialect.start_turn(tenant, &turn.thread_id, &turn.message);
         let upstream = self.call(&start, tenant, true).await?;
@@ -247,13 +260,16 @@ impl ChatbotProxy {
             StreamFormat::WidgetV1 => Framing::WidgetV1(dialect),
         };
         let site = ctx.cors_origin.clone().unwrap_or_default();
-        let Some(mut relay) = Relay::start(session, ctx.cors(), framing).await else {
+        let write_timeout = self.state.config.upstream.idle_timeout;
+        let Some(mut relay) = Relay::start(session, ctx.cors(), framing, write_timeout).await
+        else {
             ctx.outcome = "client_gone";
             return Ok(Written {
                 status: 200,
                 bytes: 0,
             });
         };
+        let _streaming = self.state.metrics.stream_started();
         let turn = Turn {
             state: &self.state,
             tenant,
@@ -280,11 +296,12 @@ impl ChatbotProxy {
             .upstream
             .send(req, &tenant.api_key)
             .await
-            .map_err(upstream_failure)?;
+            .map_err(|e| self.failed(e))?;
         if response.is_success() {
             return Ok(response);
         }
         let status = response.status;
+        self.state.metrics.upstream_status(status);
         let retry_after = response.retry_after.clone();
         // The body only tells us which error it is; it is never passed on.
         let body = response.json().await.unwrap_or(Value::Null);
@@ -301,6 +318,12 @@ impl ChatbotProxy {
             busy,
             thread_scoped,
         ))
+    }
+
+    /// A failed exchange, counted, as the widget's error.
+    fn failed(&self, e: UpstreamError) -> ApiError {
+        self.state.metrics.upstream_error(UpstreamErrorKind::of(&e));
+        upstream_failure(e)
     }
 }
 

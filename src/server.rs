@@ -1,9 +1,11 @@
-//! The process: Pingora's server settings, the proxy service, and the demo set-up.
+//! The process: Pingora's server settings, the proxy service (and the metrics endpoint
+//! beside it, when configured), and the demo set-up.
 
 use crate::config::{
     Config, LeadSettings, Limits, Secret, ServerSettings, StreamFormat, Tenant, UpstreamApi,
     UpstreamSettings,
 };
+use crate::metrics::MetricsEndpoint;
 use crate::proxy::{AppState, ChatbotProxy};
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
@@ -23,14 +25,23 @@ pub fn pingora_server(settings: &ServerSettings) -> Server {
     server
 }
 
-/// Add the proxy service for `config`, and the lead delivery service beside it, to `server`.
+/// Add the proxy service for `config`, and beside it the lead delivery service and, when
+/// `metrics_listen` is configured, the metrics endpoint, to `server`.
 pub fn add_proxy(server: &mut Server, config: Config) -> Result<(), String> {
     let listen = config.server.listen.clone();
+    let metrics_listen = config.metrics_listen.clone();
     let state = AppState::new(config)?;
     let delivery = pingora::services::background::background_service(
         "lead delivery",
         state.leads.delivery_service(),
     );
+    if let Some(addr) = metrics_listen {
+        let endpoint = MetricsEndpoint::new(state.metrics.clone(), state.leads.clone());
+        let mut metrics = pingora::services::listening::Service::new("metrics".into(), endpoint);
+        metrics.add_tcp(&addr);
+        server.add_service(metrics);
+        log::info!("metrics on http://{addr}/metrics");
+    }
     let mut service = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
         ChatbotProxy::new(state),
@@ -87,6 +98,7 @@ pub fn demo_config(listen: &str, stub_listen: &str) -> Config {
             stream_format: StreamFormat::OpenAi,
         }],
         smtp: None,
+        metrics_listen: None,
         leads: LeadSettings {
             dir: "data".into(),
             max_per_conversation: 3,

@@ -9,6 +9,7 @@
 use crate::config::Tenant;
 use crate::dialect::{Dialect, Signal, ToolCall, ToolOutput, ToolRound};
 use crate::leads::LeadSource;
+use crate::metrics::UpstreamErrorKind;
 use crate::proxy::AppState;
 use crate::relay::{Framing, LegEnd, Relay};
 use crate::upstream::{UpstreamError, UpstreamResponse};
@@ -71,6 +72,7 @@ impl Turn<'_> {
                     upstream = response;
                 }
                 Ok(response) => {
+                    self.state.metrics.upstream_status(response.status);
                     log::warn!(
                         "tenant {}: submitting tool outputs: upstream answered {}",
                         self.tenant.name,
@@ -82,6 +84,7 @@ impl Turn<'_> {
                     return "tool_outputs_failed";
                 }
                 Err(e) => {
+                    self.upstream_failed(&e);
                     log::warn!("tenant {}: submitting tool outputs: {e}", self.tenant.name);
                     relay
                         .fail("tool_outputs_failed", "Error submitting tool outputs")
@@ -186,6 +189,7 @@ impl Turn<'_> {
                 "upstream_ended_early"
             }
             LegEnd::Broken(e) => {
+                self.upstream_failed(&e);
                 log::warn!("tenant {}: stream broken: {e}", self.tenant.name);
                 let message = match e {
                     UpstreamError::Timeout(_) => "The assistant stopped answering in time.",
@@ -195,6 +199,7 @@ impl Turn<'_> {
                 "upstream_broken"
             }
             LegEnd::Garbled => {
+                self.state.metrics.upstream_error(UpstreamErrorKind::Broken);
                 relay
                     .fail(
                         "upstream_stream_failed",
@@ -206,6 +211,11 @@ impl Turn<'_> {
         }
     }
 
+    /// Count a failed upstream exchange.
+    fn upstream_failed(&self, e: &UpstreamError) {
+        self.state.metrics.upstream_error(UpstreamErrorKind::of(e));
+    }
+
     /// The widget's final `end` event, with the conversation's messages.
     async fn end_with_messages(&self, relay: &mut Relay<'_>) -> &'static str {
         let request = self.dialect.list_messages(self.conversation);
@@ -215,8 +225,16 @@ impl Turn<'_> {
             .send(&request, &self.tenant.api_key)
             .await
         {
-            Ok(response) if response.is_success() => response.json().await.ok(),
+            Ok(response) if response.is_success() => match response.json().await {
+                Ok(list) => Some(list),
+                Err(e) => {
+                    self.upstream_failed(&e);
+                    log::warn!("tenant {}: listing messages: {e}", self.tenant.name);
+                    None
+                }
+            },
             Ok(response) => {
+                self.state.metrics.upstream_status(response.status);
                 log::warn!(
                     "tenant {}: listing messages: upstream answered {}",
                     self.tenant.name,
@@ -225,6 +243,7 @@ impl Turn<'_> {
                 None
             }
             Err(e) => {
+                self.upstream_failed(&e);
                 log::warn!("tenant {}: listing messages: {e}", self.tenant.name);
                 None
             }

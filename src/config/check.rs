@@ -231,6 +231,35 @@ pub(crate) fn listen(raw: &str, at: &At) -> Result<String, ConfigError> {
     }
 }
 
+/// The metrics endpoint's address: checked like [`listen`], and it must not take the proxy's
+/// own listener, `listen` (canonical), which `listen_is` describes for the message. The two
+/// clash when their ports are equal and their addresses are too, or either is a wildcard.
+pub(crate) fn metrics_listen(
+    raw: &str,
+    at: &At,
+    listen: &str,
+    listen_is: &str,
+) -> Result<String, ConfigError> {
+    let addr = self::listen(raw, at)?;
+    let clash = match (addr.parse::<SocketAddr>(), listen.parse::<SocketAddr>()) {
+        (Ok(metrics), Ok(proxy)) => {
+            metrics.port() == proxy.port()
+                && (metrics.ip() == proxy.ip()
+                    || metrics.ip().is_unspecified()
+                    || proxy.ip().is_unspecified())
+        }
+        _ => addr == listen,
+    };
+    if clash {
+        return Err(at.err(format!(
+            "{} takes the port of the proxy's own listener ({listen_is}): the metrics endpoint \
+             needs a port of its own, e.g. \"127.0.0.1:9090\"",
+            shown(&addr)
+        )));
+    }
+    Ok(addr)
+}
+
 /// The upstream base URL; fills `base_url`, `tls`, `host`, `port` and `base_path`.
 ///
 /// The URL itself is never echoed: it might carry credentials.
@@ -781,6 +810,17 @@ pub(crate) fn smtp_credentials(
 
 /// Last look at a complete configuration: warnings for settings that are legal but odd.
 pub(crate) fn finish(config: &Config) {
+    let exposed = config
+        .metrics_listen
+        .as_deref()
+        .and_then(|addr| addr.parse::<SocketAddr>().ok())
+        .filter(|addr| !addr.ip().is_loopback());
+    if let Some(addr) = exposed {
+        log::warn!(
+            "the metrics endpoint listens on {addr}, reachable from other machines: \
+             firewall its port, or listen on 127.0.0.1 if the scraper runs on this machine"
+        );
+    }
     if config.limits.max_message_chars > config.limits.max_body_bytes {
         log::warn!(
             "limits.max_message_chars ({}) is larger than limits.max_body_bytes ({}): \
@@ -832,6 +872,38 @@ mod tests {
         for bad in ["open-ai", "", "/open ai", "/chat?x=1", "/chat#top", " /x"] {
             assert!(prefix(bad, &at()).is_err(), "{bad:?} should be refused");
         }
+    }
+
+    #[test]
+    fn metrics_listen_rules() {
+        let check = |raw, listen| metrics_listen(raw, &at(), listen, "server.listen");
+        assert_eq!(
+            check(" 127.0.0.1:9090 ", "0.0.0.0:3000").unwrap(),
+            "127.0.0.1:9090"
+        );
+        assert_eq!(check("[::1]:3000", "127.0.0.1:3000").unwrap(), "[::1]:3000");
+        assert_eq!(
+            check("127.0.0.1:3000", "10.0.0.1:3000").unwrap(),
+            "127.0.0.1:3000"
+        );
+        for (raw, listen) in [
+            ("0.0.0.0:3000", "0.0.0.0:3000"),
+            ("127.0.0.1:3000", "0.0.0.0:3000"),
+            ("0.0.0.0:3000", "127.0.0.1:3000"),
+            ("[::]:3000", "127.0.0.1:3000"),
+            ("127.0.0.1:3000", "127.0.0.1:3000"),
+        ] {
+            let err = check(raw, listen).unwrap_err().to_string();
+            assert!(
+                err.starts_with("k: ") && err.contains("port of its own"),
+                "{raw} beside {listen}: {err}"
+            );
+            assert!(err.contains("(server.listen)"), "{err}");
+        }
+        let only_port = check("9090", "0.0.0.0:3000").unwrap_err().to_string();
+        assert!(only_port.contains("\"127.0.0.1:9090\""), "{only_port}");
+        assert!(check("localhost:9090", "0.0.0.0:3000").is_err());
+        assert!(check("127.0.0.1:0", "0.0.0.0:3000").is_err());
     }
 
     #[test]

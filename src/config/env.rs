@@ -4,7 +4,7 @@
 //! tenant per domain, named after it). `MODELS` (with optional `INSTRUCTIONS`) replaces
 //! `ASSISTANT_IDS` to use the Responses API; each of those two holds one entry for every
 //! domain, or one per domain. `EMAIL_TO`, `SMTP_*`, `OPENAI_BASE_URL`, `PORT`,
-//! `STREAM_FORMAT`, `LEAD_TOOL` and `LEADS_DIR` are optional. Everything else keeps its default.
+//! `METRICS_LISTEN`, `STREAM_FORMAT`, `LEAD_TOOL` and `LEADS_DIR` are optional. Everything else keeps its default.
 //! The `.env` file is parsed with Node dotenv's rules (see `dotenv`), and the process environment is never
 //! modified; variables of the process win over the file.
 
@@ -159,6 +159,22 @@ pub fn from_env_map(env: &HashMap<String, String>) -> Result<Config, ConfigError
         let port = check::port_text(port, &At::key("PORT"))?;
         server.listen = format!("0.0.0.0:{port}");
     }
+    let metrics_listen = match var(env, "METRICS_LISTEN") {
+        Some(text) => {
+            let listen_is = match var(env, "PORT") {
+                Some(_) => format!("PORT makes it {:?}", server.listen),
+                None => format!("without PORT it is {:?}", server.listen),
+            };
+            let at = At::key("METRICS_LISTEN");
+            Some(check::metrics_listen(
+                text,
+                &at,
+                &server.listen,
+                &listen_is,
+            )?)
+        }
+        None => None,
+    };
     let mut upstream = UpstreamSettings::default();
     if let Some(url) = var(env, "OPENAI_BASE_URL") {
         check::base_url(url, &At::key("OPENAI_BASE_URL"), &mut upstream)?;
@@ -171,6 +187,7 @@ pub fn from_env_map(env: &HashMap<String, String>) -> Result<Config, ConfigError
         tenants,
         smtp: smtp(env)?,
         leads,
+        metrics_listen,
     };
     check::finish(&config);
     Ok(config)
@@ -546,6 +563,33 @@ mod tests {
         assert!(err.contains("1 to 65535"), "{err}");
         let err = err_of(&two_sites(&[("OPENAI_BASE_URL", "api.openai.com")]));
         assert!(err.starts_with("OPENAI_BASE_URL:"), "{err}");
+    }
+
+    #[test]
+    fn metrics_listen_is_optional_and_checked_against_the_port() {
+        assert_eq!(from_env_map(&two_sites(&[])).unwrap().metrics_listen, None);
+        let config = from_env_map(&two_sites(&[("METRICS_LISTEN", " 127.0.0.1:9090 ")])).unwrap();
+        assert_eq!(config.metrics_listen.as_deref(), Some("127.0.0.1:9090"));
+
+        let err = err_of(&two_sites(&[("METRICS_LISTEN", "9090")]));
+        assert!(
+            err.starts_with("METRICS_LISTEN: \"9090\" is only a port"),
+            "{err}"
+        );
+        let err = err_of(&two_sites(&[("METRICS_LISTEN", "127.0.0.1:3000")]));
+        assert!(err.starts_with("METRICS_LISTEN:"), "{err}");
+        assert!(err.contains("without PORT it is \"0.0.0.0:3000\""), "{err}");
+        let err = err_of(&two_sites(&[
+            ("PORT", "8080"),
+            ("METRICS_LISTEN", "[::1]:8080"),
+        ]));
+        assert!(err.contains("PORT makes it \"0.0.0.0:8080\""), "{err}");
+        let config = from_env_map(&two_sites(&[
+            ("PORT", "8080"),
+            ("METRICS_LISTEN", "127.0.0.1:3000"),
+        ]))
+        .unwrap();
+        assert_eq!(config.metrics_listen.as_deref(), Some("127.0.0.1:3000"));
     }
 
     #[test]
@@ -1017,6 +1061,16 @@ mod tests {
         let smtp = config.smtp.unwrap();
         assert_eq!(smtp.tls, SmtpTls::Opportunistic);
         assert_eq!(smtp.from, "AI Bot <bot@example.com>");
+        assert_eq!(config.metrics_listen, None);
+
+        // The commented-out metrics endpoint works.
+        let with_metrics = text.replace("# METRICS_LISTEN=", "METRICS_LISTEN=");
+        let vars: HashMap<String, String> = super::super::dotenv::parse(&with_metrics)
+            .unwrap()
+            .into_iter()
+            .collect();
+        let config = from_env_map(&vars).unwrap();
+        assert_eq!(config.metrics_listen.as_deref(), Some("127.0.0.1:9090"));
 
         // The commented-out Responses API variant works too.
         let text = text

@@ -49,6 +49,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawServer {
     listen: Field,
+    metrics_listen: Field,
     prefix: Field,
     threads: Field,
     grace_period_seconds: Field,
@@ -153,13 +154,16 @@ fn parse(
         env,
         base_dir,
     };
+    let server = doc.server(raw.server.as_ref())?;
+    let metrics_listen = doc.metrics_listen(raw.server.as_ref(), &server)?;
     let config = Config {
-        server: doc.server(raw.server)?,
+        server,
         upstream: doc.upstream(raw.upstream)?,
         limits: doc.limits(raw.limits)?,
         smtp: raw.smtp.map(|smtp| doc.smtp(smtp)).transpose()?,
         leads: doc.leads(raw.leads)?,
         tenants: doc.tenants(raw.tenants)?,
+        metrics_listen,
     };
     check::finish(&config);
     Ok(config)
@@ -268,7 +272,7 @@ impl Doc<'_> {
         check::in_bounds(value, bounds, default, &at)
     }
 
-    fn server(&self, raw: Option<RawServer>) -> Result<ServerSettings, ConfigError> {
+    fn server(&self, raw: Option<&RawServer>) -> Result<ServerSettings, ConfigError> {
         let mut server = ServerSettings::default();
         let Some(raw) = raw else {
             return Ok(server);
@@ -303,6 +307,28 @@ impl Doc<'_> {
             defaults::GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS,
         )?;
         Ok(server)
+    }
+
+    /// `server.metrics_listen`, which must not take the port of `server.listen`.
+    fn metrics_listen(
+        &self,
+        raw: Option<&RawServer>,
+        server: &ServerSettings,
+    ) -> Result<Option<String>, ConfigError> {
+        let Some(field) = raw.and_then(|raw| raw.metrics_listen.as_ref()) else {
+            return Ok(None);
+        };
+        let at = self.located("server.metrics_listen", field);
+        let text = self.string(field, &at, "metrics_listen = \"127.0.0.1:9090\"")?;
+        let listen_is = match raw.and_then(|raw| raw.listen.as_ref()) {
+            Some(listen) => format!(
+                "server.listen = {:?}, line {}",
+                server.listen,
+                line_of(self.text, listen.span().start)
+            ),
+            None => format!("server.listen defaults to {:?}", server.listen),
+        };
+        check::metrics_listen(&text, &at, &server.listen, &listen_is).map(Some)
     }
 
     fn upstream(&self, raw: Option<RawUpstream>) -> Result<UpstreamSettings, ConfigError> {
@@ -1214,6 +1240,11 @@ assistant_id = "asst_minimal"
         assert_eq!(smtp.timeout, Duration::from_secs(10));
         assert_eq!(config.leads, LeadSettings::default());
         assert_eq!(config.server.prefix, "/open-ai");
+        assert_eq!(config.metrics_listen, None, "commented out in the example");
+
+        let with_metrics = text.replace("# metrics_listen = ", "metrics_listen = ");
+        let config = from_toml_str(&with_metrics, "conf/chatbot-proxy.toml", &vars).unwrap();
+        assert_eq!(config.metrics_listen.as_deref(), Some("127.0.0.1:9090"));
     }
 
     #[test]
@@ -1303,6 +1334,73 @@ lead_recipients = ["sales@acme.com"]
             "{err}"
         );
         assert!(err.contains("1 to 65535"), "{err}");
+    }
+
+    #[test]
+    fn metrics_listen_is_optional_and_read_from_the_server_table() {
+        assert_eq!(load(MINIMAL).unwrap().metrics_listen, None);
+        let config = load(&format!(
+            "[server]\nlisten = \"0.0.0.0:3000\"\nmetrics_listen = \" 127.0.0.1:9090 \"\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(config.metrics_listen.as_deref(), Some("127.0.0.1:9090"));
+        assert_eq!(config.server.listen, "0.0.0.0:3000");
+        let config = load(&format!(
+            "[server]\nmetrics_listen = \"[::1]:9090\"\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(config.metrics_listen.as_deref(), Some("[::1]:9090"));
+    }
+
+    #[test]
+    fn bad_metrics_listen_is_reported_with_key_and_line() {
+        let err = load_err(&format!(
+            "[server]\nthreads = 2\nmetrics_listen = \"9090\"\n{MINIMAL}"
+        ));
+        assert!(
+            err.starts_with(
+                "chatbot-proxy.toml line 3: server.metrics_listen: \"9090\" is only a port"
+            ),
+            "{err}"
+        );
+        let err = load_err(&format!("[server]\nmetrics_listen = 9090\n{MINIMAL}"));
+        assert!(
+            err.starts_with("chatbot-proxy.toml line 2: server.metrics_listen: must be a string"),
+            "{err}"
+        );
+        assert!(err.contains("metrics_listen = \"127.0.0.1:9090\""), "{err}");
+        let err = load_err(&format!(
+            "[server]\nmetrics_listen = \"localhost:9090\"\n{MINIMAL}"
+        ));
+        assert!(err.contains("the host must be an IP address"), "{err}");
+    }
+
+    #[test]
+    fn metrics_listen_must_not_take_the_proxy_port() {
+        let err = load_err(&format!(
+            "[server]\nlisten = \"0.0.0.0:8080\"\nmetrics_listen = \"127.0.0.1:8080\"\n{MINIMAL}"
+        ));
+        assert!(
+            err.starts_with("chatbot-proxy.toml line 3: server.metrics_listen: \"127.0.0.1:8080\""),
+            "{err}"
+        );
+        assert!(err.contains("port of its own"), "{err}");
+        assert!(
+            err.contains("server.listen = \"0.0.0.0:8080\", line 2"),
+            "{err}"
+        );
+        let err = load_err(&format!(
+            "[server]\nmetrics_listen = \"127.0.0.1:3000\"\n{MINIMAL}"
+        ));
+        assert!(
+            err.contains("server.listen defaults to \"0.0.0.0:3000\""),
+            "{err}"
+        );
+        let config = load(&format!(
+            "[server]\nlisten = \"127.0.0.1:8080\"\nmetrics_listen = \"10.0.0.1:8080\"\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(config.metrics_listen.as_deref(), Some("10.0.0.1:8080"));
     }
 
     #[test]

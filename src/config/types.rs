@@ -22,6 +22,9 @@ pub struct Config {
     pub smtp: Option<SmtpSettings>,
     /// Lead capture: where leads are journaled, caps, tool-call rounds.
     pub leads: LeadSettings,
+    /// Address of the Prometheus endpoint (`[server] metrics_listen`, `METRICS_LISTEN`), a
+    /// listener apart from `server.listen`; `None`: no metrics endpoint.
+    pub metrics_listen: Option<String>,
 }
 
 /// The listener and Pingora's server settings.

@@ -8,6 +8,8 @@
 //! most `send_timeout`; then the background service retries with [`backoff`]) → [`reply`]
 //! (the tool output). The e-mail itself is built in [`lead`] and sent by [`mailer`].
 //!
+//! Every call is counted in [`Metrics`] (`leads_total{tenant,result}`).
+//!
 //! Logging: lead ids, tenants, sites and conversations at info; the visitor's name and
 //! address at debug only; the message body and the SMTP password never.
 
@@ -29,6 +31,7 @@ use pingora::services::background::BackgroundService;
 use tokio::sync::oneshot;
 
 use crate::config::{LeadSettings, SmtpSettings, Tenant};
+use crate::metrics::{LeadResult, Metrics};
 use caps::{Caps, Refusal};
 use delivery::{Courier, Outcome};
 use journal::{unix_now, Journal, LeadRecord};
@@ -50,14 +53,24 @@ pub struct LeadDesk {
     courier: Arc<Courier>,
     caps: Mutex<Caps>,
     send_timeout: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl LeadDesk {
     /// Open the journal in settings.dir (replaying pending leads), build the mailer if SMTP
-    /// is configured.
+    /// is configured. Captures are counted in a registry of the desk's own.
     pub fn open(
         settings: &LeadSettings,
         smtp: Option<&SmtpSettings>,
+    ) -> Result<Arc<LeadDesk>, String> {
+        LeadDesk::open_with_metrics(settings, smtp, Arc::new(Metrics::new()))
+    }
+
+    /// [`LeadDesk::open`], counting captures in `metrics`.
+    pub fn open_with_metrics(
+        settings: &LeadSettings,
+        smtp: Option<&SmtpSettings>,
+        metrics: Arc<Metrics>,
     ) -> Result<Arc<LeadDesk>, String> {
         let mailer = smtp.map(Mailer::new).transpose()?;
         let (journal, pending) = Journal::open(&settings.dir)?;
@@ -82,6 +95,7 @@ impl LeadDesk {
                 settings.max_per_tenant_per_hour,
             )),
             send_timeout: settings.send_timeout,
+            metrics,
         }))
     }
 
@@ -90,6 +104,13 @@ impl LeadDesk {
     /// attempt goes on in the background if it takes longer), and return the tool output
     /// sentence. Never panics, never fails.
     pub async fn capture(&self, source: &LeadSource<'_>, arguments: &str) -> String {
+        let (result, output) = self.take(source, arguments).await;
+        self.metrics.lead(&source.tenant.name, result);
+        output
+    }
+
+    /// [`LeadDesk::capture`], also saying what became of the lead.
+    async fn take(&self, source: &LeadSource<'_>, arguments: &str) -> (LeadResult, String) {
         let tenant = source.tenant;
         let lead = match lead::parse(arguments) {
             Ok(lead) => lead,
@@ -99,7 +120,10 @@ impl LeadDesk {
                     tenant.name,
                     source.conversation
                 );
-                return reply::invalid(&problems, &tenant.lead_tool);
+                return (
+                    LeadResult::Invalid,
+                    reply::invalid(&problems, &tenant.lead_tool),
+                );
             }
         };
         let admitted = self.caps.lock().unwrap_or_else(|p| p.into_inner()).admit(
@@ -114,10 +138,11 @@ impl LeadDesk {
                 source.site,
                 source.conversation
             );
-            return match refusal {
+            let output = match refusal {
                 Refusal::Conversation { limit } => reply::conversation_cap(limit),
                 Refusal::Tenant { .. } => reply::tenant_cap(),
             };
+            return (LeadResult::Capped, output);
         }
 
         let record = LeadRecord {
@@ -161,9 +186,9 @@ impl LeadDesk {
                 Ok(Ok(Outcome::Delivered))
             );
         match (delivered, saved) {
-            (true, _) => reply::sent(&email),
-            (false, true) => reply::queued(&email),
-            (false, false) => reply::not_saved(&email),
+            (true, _) => (LeadResult::Sent, reply::sent(&email)),
+            (false, true) => (LeadResult::Queued, reply::queued(&email)),
+            (false, false) => (LeadResult::NotSaved, reply::not_saved(&email)),
         }
     }
 
