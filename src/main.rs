@@ -5,6 +5,7 @@ use chatbot_proxy::{config, logging, server, stub};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 /// Small, short-lived allocations dominate a proxy's heap traffic; mimalloc serves them faster
 /// than glibc's malloc (measured with scripts/bench/run).
@@ -38,6 +39,9 @@ enum Command {
         /// Worker threads.
         #[arg(long, default_value_t = 2)]
         threads: usize,
+        /// Milliseconds between two streamed events (a message's `[stub:slow=MS]` wins).
+        #[arg(long, default_value_t = 0)]
+        pace_ms: u64,
     },
     /// Run the proxy against the bundled stub, with a demo tenant for `localhost`.
     Demo {
@@ -47,6 +51,9 @@ enum Command {
         /// Address the stub listens on.
         #[arg(long, default_value = "127.0.0.1:8090")]
         stub_listen: String,
+        /// Milliseconds between two streamed events, so the reply is seen arriving.
+        #[arg(long, default_value_t = 60)]
+        pace_ms: u64,
     },
 }
 
@@ -54,7 +61,11 @@ fn main() -> ExitCode {
     logging::init();
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Stub { listen, threads }) => {
+        Some(Command::Stub {
+            listen,
+            threads,
+            pace_ms,
+        }) => {
             let mut server = server::pingora_server(&config::ServerSettings {
                 listen: listen.clone(),
                 prefix: String::new(),
@@ -62,17 +73,21 @@ fn main() -> ExitCode {
                 grace_period_seconds: 0,
                 graceful_shutdown_timeout_seconds: 1,
             });
-            server.add_service(stub::stub_service(&listen));
+            server.add_service(stub::stub_service(&listen, Duration::from_millis(pace_ms)));
             log::info!("stub OpenAI API listening on http://{listen}/v1");
             server.run_forever()
         }
         Some(Command::Demo {
             listen,
             stub_listen,
+            pace_ms,
         }) => {
             let config = server::demo_config(&listen, &stub_listen);
             let mut server = server::pingora_server(&config.server);
-            server.add_service(stub::stub_service(&stub_listen));
+            server.add_service(stub::stub_service(
+                &stub_listen,
+                Duration::from_millis(pace_ms),
+            ));
             if let Err(e) = server::add_proxy(&mut server, config) {
                 eprintln!("error: {e}");
                 return ExitCode::FAILURE;

@@ -37,6 +37,8 @@ pub struct StubApp {
     store: Arc<Store>,
     /// Event streams being written right now (served by `GET /__stub/stats`).
     open_streams: Arc<AtomicUsize>,
+    /// Pause between two events when the message sets no `[stub:slow=MS]`.
+    default_pace: Duration,
 }
 
 /// Counts a stream as open until dropped, however the stream ends.
@@ -59,6 +61,15 @@ impl StubApp {
     /// A stub with empty state.
     pub fn new() -> StubApp {
         StubApp::default()
+    }
+
+    /// A stub that pauses `pace` between two events unless a message says otherwise (the
+    /// demo uses it so a reply is seen arriving word by word).
+    pub fn with_pace(pace: Duration) -> StubApp {
+        StubApp {
+            default_pace: pace,
+            ..StubApp::default()
+        }
     }
 }
 
@@ -504,7 +515,7 @@ impl StubApp {
             }
             Reply::Stream(job) => {
                 let _open = OpenStream::new(&self.open_streams);
-                write_stream(session, job, shutdown).await
+                write_stream(session, job, shutdown, self.default_pace).await
             }
         }
     }
@@ -515,6 +526,7 @@ async fn write_stream(
     session: &mut ServerSession,
     mut job: StreamJob,
     shutdown: &ShutdownWatch,
+    default_pace: Duration,
 ) -> Flow {
     let Some(mut h) = header(200) else {
         return Flow::Close;
@@ -526,7 +538,10 @@ async fn write_stream(
         return Flow::Close;
     }
     let pacing = job.pacing;
-    let slow = Duration::from_millis(pacing.slow_ms);
+    let slow = match pacing.slow_ms {
+        0 => default_pace,
+        ms => Duration::from_millis(ms),
+    };
     // Once the server shuts down, the rest is written without pauses.
     let mut hurry = false;
     let events = std::mem::take(&mut job.plan.events);

@@ -151,9 +151,15 @@ pub use http::StubApp;
 
 /// The stub as a Pingora service listening on `listen` (e.g. `127.0.0.1:8090`);
 /// add it to a `pingora::server::Server`.
-pub fn stub_service(listen: &str) -> pingora::services::listening::Service<StubApp> {
-    let mut service =
-        pingora::services::listening::Service::new("openai stub".to_string(), StubApp::new());
+/// `pace`: the pause between two events of a stream whose message sets no `[stub:slow=MS]`.
+pub fn stub_service(
+    listen: &str,
+    pace: std::time::Duration,
+) -> pingora::services::listening::Service<StubApp> {
+    let mut service = pingora::services::listening::Service::new(
+        "openai stub".to_string(),
+        StubApp::with_pace(pace),
+    );
     service.add_tcp(listen);
     service
 }
