@@ -120,24 +120,26 @@ impl ProxyHttp for ChatbotProxy {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        let client = session
-            .client_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_else(|| "-".into());
         let route = ctx.route.map_or("-", Route::name);
         let tenant = ctx.tenant.as_ref().map_or("-", |t| t.name.as_str());
         let duration = ctx.started.elapsed();
-        log::info!(
-            "access client={} method={} route={} tenant={} status={} duration_ms={} bytes={} outcome={}",
-            client,
-            session.req_header().method,
-            route,
-            tenant,
-            ctx.written.status,
-            duration.as_millis(),
-            ctx.written.bytes,
-            ctx.outcome,
-        );
+        if log::log_enabled!(log::Level::Info) {
+            let client = session
+                .client_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "-".into());
+            log::info!(
+                "access client={} method={} route={} tenant={} status={} duration_ms={} bytes={} outcome={}",
+                client,
+                session.req_header().method,
+                route,
+                tenant,
+                ctx.written.status,
+                duration.as_millis(),
+                ctx.written.bytes,
+                ctx.outcome,
+            );
+        }
         let metrics = &self.state.metrics;
         metrics.request(route, tenant, ctx.written.status, duration);
         if ctx.outcome != "-" {

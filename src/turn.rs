@@ -149,15 +149,7 @@ impl Turn<'_> {
                         relay.fail("run_ended", &message).await;
                         "run_ended"
                     }
-                    None if widget => {
-                        relay
-                            .fail(
-                                "upstream_stream_failed",
-                                "The assistant's answer ended unexpectedly.",
-                            )
-                            .await;
-                        "upstream_ended_early"
-                    }
+                    None if widget => ended_early(relay).await,
                     Some(Signal::Ended(_)) => {
                         relay.finish().await;
                         "run_ended"
@@ -179,15 +171,7 @@ impl Turn<'_> {
                 }
                 "upstream_error_event"
             }
-            LegEnd::EndedEarly { last: None } => {
-                relay
-                    .fail(
-                        "upstream_stream_failed",
-                        "The assistant's answer ended unexpectedly.",
-                    )
-                    .await;
-                "upstream_ended_early"
-            }
+            LegEnd::EndedEarly { last: None } => ended_early(relay).await,
             LegEnd::Broken(e) => {
                 self.upstream_failed(&e);
                 log::warn!("tenant {}: stream broken: {e}", self.tenant.name);
@@ -267,4 +251,15 @@ impl Turn<'_> {
             }
         }
     }
+}
+
+/// End a stream whose upstream stopped before the run finished.
+async fn ended_early(relay: &mut Relay<'_>) -> &'static str {
+    relay
+        .fail(
+            "upstream_stream_failed",
+            "The assistant's answer ended unexpectedly.",
+        )
+        .await;
+    "upstream_ended_early"
 }
