@@ -14,6 +14,7 @@ use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::client::HttpSession;
 use pingora::upstreams::peer::HttpPeer;
+use pingora::RetryType;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -221,66 +222,119 @@ impl UpstreamClient {
                         finished: false,
                     });
                 }
-                Err(e) if reused && attempt == 1 && !matches!(e, UpstreamError::Timeout(_)) => {
-                    log::debug!("pooled upstream connection failed ({e}); retrying on a new one");
+                Err(Failed {
+                    error,
+                    safe_to_retry,
+                }) if reused && safe_to_retry && attempt == 1 => {
+                    log::debug!(
+                        "pooled upstream connection failed ({error}); retrying on a new one"
+                    );
                     continue;
                 }
-                Err(e) => return Err(e),
+                Err(Failed { error, .. }) => return Err(error),
             }
         }
     }
 
+    /// Send the request and read the response header. A failure says whether repeating the
+    /// request on a fresh connection is safe: only when the upstream cannot have acted on it
+    /// (a pooled connection that failed while we wrote, or closed before answering a byte),
+    /// so that a POST is never done twice.
     async fn exchange(
         &self,
         session: &mut HttpSession,
         req: &UpstreamRequest,
         key: &Secret,
-    ) -> Result<(), UpstreamError> {
+    ) -> Result<(), Failed> {
         let s = &self.settings;
-        let header = self.request_header(req, key)?;
+        let header = self.request_header(req, key).map_err(Failed::final_)?;
+        let sending = "sending the request";
         within(
             s.first_byte_timeout,
-            "sending the request",
+            sending,
             session.write_request_header(Box::new(header)),
         )
-        .await?;
+        .await
+        .map_err(Failed::while_sending)?;
         if let Some(body) = &req.body {
             within(
                 s.first_byte_timeout,
-                "sending the request",
+                sending,
                 session.write_request_body(body.clone(), true),
             )
-            .await?;
+            .await
+            .map_err(Failed::while_sending)?;
         }
-        within(
-            s.first_byte_timeout,
-            "sending the request",
-            session.finish_request_body(),
-        )
-        .await?;
+        within(s.first_byte_timeout, sending, session.finish_request_body())
+            .await
+            .map_err(Failed::while_sending)?;
         within(
             s.first_byte_timeout,
             "waiting for the response",
             session.read_response_header(),
         )
-        .await?;
+        .await
+        .map_err(Failed::while_waiting)?;
         Ok(())
     }
 }
 
-/// Run a Pingora I/O future under a timeout, mapping both failure kinds.
+/// A failed exchange, and whether it may be repeated on a fresh connection.
+struct Failed {
+    error: UpstreamError,
+    safe_to_retry: bool,
+}
+
+impl Failed {
+    fn final_(error: UpstreamError) -> Self {
+        Failed {
+            error,
+            safe_to_retry: false,
+        }
+    }
+
+    /// The request was not (completely) written: the upstream cannot have acted on it.
+    fn while_sending((error, _): (UpstreamError, Option<Box<pingora::Error>>)) -> Self {
+        let safe_to_retry = !matches!(error, UpstreamError::Timeout(_));
+        Failed {
+            error,
+            safe_to_retry,
+        }
+    }
+
+    /// The request was written: repeat it only if the peer closed the (pooled) connection
+    /// before a single byte of answer, the race of a server closing an idle connection just
+    /// as it is reused. Pingora's own verdict is looser (it allows a retry after a partial
+    /// answer), so the byte count in its error is checked too.
+    fn while_waiting((error, cause): (UpstreamError, Option<Box<pingora::Error>>)) -> Self {
+        let safe_to_retry = cause.is_some_and(|e| {
+            e.etype() == &pingora::ErrorType::ConnectionClosed
+                && matches!(e.retry, RetryType::ReusedOnly | RetryType::Decided(true))
+                && e.context
+                    .as_ref()
+                    .is_some_and(|c| c.as_str().ends_with("bytes already read: 0"))
+        });
+        Failed {
+            error,
+            safe_to_retry,
+        }
+    }
+}
+
+/// Run a Pingora I/O future under a timeout, mapping both failure kinds; a Pingora error
+/// comes along, for the retry decision.
 async fn within<T>(
     limit: Duration,
     stage: &'static str,
     fut: impl Future<Output = pingora::Result<T>>,
-) -> Result<T, UpstreamError> {
+) -> Result<T, (UpstreamError, Option<Box<pingora::Error>>)> {
     match timeout(limit, fut).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(UpstreamError::Broken(format!(
-            "{stage}: {}",
-            e.etype().as_str()
-        ))),
-        Err(_) => Err(UpstreamError::Timeout(stage)),
+        Ok(Err(e)) => Err((
+            UpstreamError::Broken(format!("{stage}: {}", e.etype().as_str())),
+            Some(e),
+        )),
+        Err(_) => Err((UpstreamError::Timeout(stage), None)),
     }
 }
 
@@ -391,5 +445,133 @@ impl UpstreamResponse {
             .await;
             self.release().await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    fn settings(port: u16) -> UpstreamSettings {
+        UpstreamSettings {
+            base_url: format!("http://127.0.0.1:{port}/v1"),
+            tls: false,
+            host: "127.0.0.1".into(),
+            port,
+            base_path: "/v1".into(),
+            connect_timeout: Duration::from_secs(2),
+            first_byte_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(2),
+            pool_idle_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Read one request (header and a `Content-Length` body) from `conn`.
+    async fn read_request(conn: &mut TcpStream) -> Option<String> {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let text = String::from_utf8_lossy(&buf).to_string();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Content-Length: "))
+                    .and_then(|n| n.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + length {
+                    return Some(text);
+                }
+            }
+            let n = conn.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
+
+    /// A server whose every connection answers one request, then either closes while idle
+    /// (`then_close_idle`) or reads the next request and dies mid-answer.
+    async fn server(then_close_idle: bool) -> (u16, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (connections, requests) =
+            (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (c, r) = (connections.clone(), requests.clone());
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                c.fetch_add(1, Ordering::SeqCst);
+                let r = r.clone();
+                tokio::spawn(async move {
+                    if read_request(&mut conn).await.is_none() {
+                        return;
+                    }
+                    r.fetch_add(1, Ordering::SeqCst);
+                    conn.write_all(OK).await.unwrap();
+                    if then_close_idle {
+                        return; // dropped: the pooled connection is dead
+                    }
+                    if read_request(&mut conn).await.is_some() {
+                        r.fetch_add(1, Ordering::SeqCst);
+                        let _ = conn.write_all(b"HTTP/1.1 200 O").await;
+                    }
+                });
+            }
+        });
+        (port, connections, requests)
+    }
+
+    fn post() -> UpstreamRequest {
+        UpstreamRequest::post("/threads/thread_a/messages", &serde_json::json!({"x": 1}))
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_closed_while_idle_is_retried_on_a_fresh_one() {
+        let (port, connections, requests) = server(true).await;
+        let client = UpstreamClient::new(settings(port));
+        let key = Secret::new("sk-test");
+        client
+            .send(&post(), &key)
+            .await
+            .unwrap()
+            .read_all()
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let second = client.send(&post(), &key).await.expect("retried");
+        assert_eq!(second.status, 200);
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
+        assert_eq!(requests.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_request_the_upstream_started_answering_is_never_repeated() {
+        let (port, connections, requests) = server(false).await;
+        let client = UpstreamClient::new(settings(port));
+        let key = Secret::new("sk-test");
+        client
+            .send(&post(), &key)
+            .await
+            .unwrap()
+            .read_all()
+            .await
+            .unwrap();
+        let second = client.send(&post(), &key).await;
+        assert!(
+            second.is_err(),
+            "a half-answered POST must fail, not be sent again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            requests.load(Ordering::SeqCst),
+            2,
+            "the POST was sent twice"
+        );
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
     }
 }
