@@ -41,7 +41,9 @@ pub fn redact(text: &str) -> Cow<'_, str> {
     let secrets = SECRETS.read().unwrap_or_else(|p| p.into_inner());
     let mut out = Cow::Borrowed(text);
     for secret in secrets.iter() {
-        if out.contains(secret.as_str()) {
+        // Until none is left: a mask next to a secret's own `*` could rebuild it. Each round
+        // shortens the text (secrets are longer than the mask), so this ends.
+        while out.contains(secret.as_str()) {
             out = Cow::Owned(out.replace(secret.as_str(), "***"));
         }
     }
@@ -49,24 +51,30 @@ pub fn redact(text: &str) -> Cow<'_, str> {
 }
 
 /// Replace each case-insensitive `bearer <token>` (the whole `Authorization` value) with `***`.
+/// Any run of spaces or tabs may separate the scheme from the token, as HTTP allows.
 fn mask_bearer(text: Cow<'_, str>) -> Cow<'_, str> {
     let lower = text.to_ascii_lowercase();
-    if !lower.contains("bearer ") {
+    if !lower.contains("bearer") {
         return text;
     }
-    let mut out = String::with_capacity(text.len());
+    let mut out = String::new();
     let mut rest = 0;
-    for (at, _) in lower.match_indices("bearer ") {
-        if at < rest {
+    for (at, _) in lower.match_indices("bearer") {
+        let after = at + "bearer".len();
+        let gap = lower[after..].len() - lower[after..].trim_start_matches([' ', '\t']).len();
+        if at < rest || gap == 0 {
             continue;
         }
-        let token_start = at + "bearer ".len();
+        let token_start = after + gap;
         let token_end = text[token_start..]
             .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '\\' | ',' | '}'))
             .map_or(text.len(), |n| token_start + n);
         out.push_str(&text[rest..at]);
         out.push_str("***");
         rest = token_end;
+    }
+    if rest == 0 {
+        return text;
     }
     out.push_str(&text[rest..]);
     Cow::Owned(out)
@@ -124,6 +132,22 @@ mod tests {
             redact(r#"headers: {"authorization": "Bearer client-token-1", "x": "bearer abc"}"#),
             r#"headers: {"authorization": "***", "x": "***"}"#
         );
+    }
+
+    #[test]
+    fn bearer_tokens_after_several_spaces_are_masked() {
+        // Up to the next blank, quote or separator: masking too much beats showing a key.
+        assert_eq!(
+            redact("Authorization: Bearer  \t a_Aa0a~A; x"),
+            "Authorization: *** x"
+        );
+        assert_eq!(redact("bearers of news"), "bearers of news");
+    }
+
+    #[test]
+    fn a_mask_cannot_rebuild_a_secret() {
+        register_secret("*sk*");
+        assert!(!redact("**sk*sk**").contains("*sk*"));
     }
 
     #[test]

@@ -193,10 +193,10 @@ fn authority_has_at(text: &str) -> bool {
     authority[..end].contains('@')
 }
 
-/// Drops one trailing dot and a leading `www.` (when at least two labels
+/// Drops trailing dots and a leading `www.` (when at least two labels
 /// remain). Case is left alone: callers compare ASCII case-insensitively.
-fn normalize_host(host: &str) -> &str {
-    let host = host.strip_suffix('.').unwrap_or(host);
+pub(crate) fn normalize_host(host: &str) -> &str {
+    let host = host.trim_end_matches('.');
     match host.get(..4) {
         Some(prefix) if prefix.eq_ignore_ascii_case("www.") && host[4..].contains('.') => {
             &host[4..]
@@ -369,7 +369,9 @@ impl fmt::Display for DomainPattern {
             PatternKind::Exact(name) => f.write_str(name),
             PatternKind::Subdomains(parent) => write!(f, "*.{parent}"),
             PatternKind::Ip(IpAddr::V4(ip)) => write!(f, "{ip}"),
-            PatternKind::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]"),
+            // As browsers and `url` write it (an IPv4-mapped address stays hexadecimal), so
+            // that the entry equals `Site::host`.
+            PatternKind::Ip(IpAddr::V6(ip)) => write!(f, "{}", url::Host::<String>::Ipv6(*ip)),
         }
     }
 }

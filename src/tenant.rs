@@ -48,7 +48,9 @@ impl TenantDirectory {
 
     /// The tenant serving `host` (already normalized by [`crate::origin::calling_site`]).
     pub fn find(&self, host: &str) -> Option<&Arc<Tenant>> {
-        self.exact.get(host).or_else(|| {
+        // Normalized as `DomainPattern::matches` does, so both ways of matching agree.
+        let exact = crate::origin::normalize_host(host);
+        self.exact.get(exact).or_else(|| {
             self.wildcards
                 .iter()
                 .find(|(pattern, _)| pattern.matches(host))
