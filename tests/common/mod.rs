@@ -1464,3 +1464,32 @@ pub fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
         thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// For a stream of `events` events that the stub wrote 300 ms apart (`[stub:slow=300]`): the
+/// first chunk holds the first event (`first_event`) and arrived about a stream-length before
+/// the end (an unbuffered relay), and the events arrived spread out, not in a few bursts.
+pub fn assert_delivered_as_paced(stream: &Streamed, events: usize, first_event: &str) {
+    let first = stream.chunks.first().expect("no body chunk arrived");
+    assert!(
+        String::from_utf8_lossy(&first.bytes).contains(first_event),
+        "the first chunk should hold the first event: {:?}",
+        String::from_utf8_lossy(&first.bytes)
+    );
+    let first_to_end = stream.ended_at - first.at;
+    let upstream_span = Duration::from_millis(300 * (events as u64 - 1));
+    assert!(
+        first_to_end + Duration::from_millis(900) >= upstream_span,
+        "the first event arrived only {first_to_end:?} before the end, but the upstream \
+         spends {upstream_span:?} writing the stream: the relay buffers"
+    );
+    let mut bursts = 1;
+    for pair in stream.chunks.windows(2) {
+        if pair[1].at - pair[0].at >= Duration::from_millis(150) {
+            bursts += 1;
+        }
+    }
+    assert!(
+        bursts * 2 >= events,
+        "{events} events arrived in only {bursts} bursts"
+    );
+}
