@@ -158,21 +158,6 @@ fn start_standard() -> (Stub, Proxy) {
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-fn create_thread(proxy: &Proxy, origin: &str) -> Resp {
-    proxy
-        .get(&format!("{PREFIX}/create-thread"))
-        .origin(origin)
-        .send()
-}
-
-fn post_message(proxy: &Proxy, origin: &str, thread_id: &str, message: &str) -> Resp {
-    proxy
-        .post(&format!("{PREFIX}/process-message"))
-        .origin(origin)
-        .json(&json!({"threadId": thread_id, "message": message}))
-        .send()
-}
-
 /// Creates a conversation through the proxy; asserts it is one (`conv_...`).
 fn new_conversation(proxy: &Proxy, origin: &str) -> String {
     let id = proxy.create_thread(origin);
@@ -849,18 +834,18 @@ fn conversation_ids_must_look_like_conversation_ids() {
     ];
     stub.clear_requests();
     for id in &bad {
-        let resp = post_message(&proxy, ORIGIN_R, id, "hi");
+        let resp = proxy.try_post_message(ORIGIN_R, id, "hi");
         resp.assert_error(400, "invalid_thread_id");
         assert_acao(&resp.headers, ORIGIN_R, id);
     }
     // The Assistants tenant beside it does not take conversation ids either.
-    let resp = post_message(&proxy, ORIGIN_A, "conv_abc123", "hi");
+    let resp = proxy.try_post_message(ORIGIN_A, "conv_abc123", "hi");
     resp.assert_error(400, "invalid_thread_id");
     stub.assert_no_requests("malformed conversation ids");
 
     // The longest valid id goes upstream (where it does not exist), in either spelling.
     let longest = format!("conv_{}", "Z9".repeat(40));
-    let resp = post_message(&proxy, ORIGIN_R, &longest, "hi");
+    let resp = proxy.try_post_message(ORIGIN_R, &longest, "hi");
     assert_mapped(&resp, 404, "thread_not_found", ORIGIN_R, "longest id");
     let sent = response_requests(&stub);
     assert_eq!(sent.len(), 1);
@@ -938,7 +923,7 @@ fn a_second_message_while_a_response_streams_is_409_run_active() {
     let first = proxy.open_message_stream(ORIGIN_R, &conv, "[stub:slow=300] a b c d e f");
     assert_eq!(first.status, 200);
 
-    let second = post_message(&proxy, ORIGIN_R, &conv, "me too");
+    let second = proxy.try_post_message(ORIGIN_R, &conv, "me too");
     assert_mapped(&second, 409, "run_active", ORIGIN_R, "second message");
 
     // Another conversation of the same tenant is not blocked.
@@ -978,7 +963,7 @@ fn a_conversation_busy_upstream_is_409_run_active_too() {
     assert_eq!(first.status, 200);
     stub.clear_requests();
 
-    let second = post_message(&two, ORIGIN_R, &conv, "me too");
+    let second = two.try_post_message(ORIGIN_R, &conv, "me too");
     assert_mapped(&second, 409, "run_active", ORIGIN_R, "busy upstream");
     assert!(
         !second.body.contains("Another process"),
@@ -1317,10 +1302,10 @@ fn start_special_keys() -> (Stub, Proxy) {
 
 fn both_routes(proxy: &Proxy, origin: &str) -> [(&'static str, Resp, Duration); 2] {
     let started = Instant::now();
-    let created = create_thread(proxy, origin);
+    let created = proxy.try_create_thread(origin);
     let create_took = started.elapsed();
     let started = Instant::now();
-    let posted = post_message(proxy, origin, "conv_abc123", "hi");
+    let posted = proxy.try_post_message(origin, "conv_abc123", "hi");
     [
         ("create-thread", created, create_took),
         ("process-message", posted, started.elapsed()),
@@ -1337,7 +1322,7 @@ fn upstream_401_and_403_become_502_upstream_auth_failed() {
             assert!(!resp.body.contains("sk-stub"), "{}", resp.body);
         }
     }
-    assert_eq!(create_thread(&proxy, ORIGIN_R).status, 200);
+    assert_eq!(proxy.try_create_thread(ORIGIN_R).status, 200);
 }
 
 #[test]
@@ -1372,7 +1357,7 @@ fn a_silent_upstream_becomes_504_upstream_timeout() {
 #[test]
 fn an_unknown_conversation_becomes_404_thread_not_found() {
     let (stub, proxy) = start_special_keys();
-    let resp = post_message(&proxy, ORIGIN_R, "conv_doesnotexist0", "hi");
+    let resp = proxy.try_post_message(ORIGIN_R, "conv_doesnotexist0", "hi");
     assert_mapped(
         &resp,
         404,

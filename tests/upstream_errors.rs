@@ -7,7 +7,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::json;
 
 /// A valid-looking thread id for routes that fail before the thread matters.
 const SOME_THREAD: &str = "thread_abc123";
@@ -15,21 +14,6 @@ const SOME_THREAD: &str = "thread_abc123";
 /// Any answer, error or stream, must arrive within this (the configured upstream timeouts
 /// are 1.5 s).
 const PROMPT: Duration = Duration::from_secs(8);
-
-fn create_thread(proxy: &Proxy, origin: &str) -> Resp {
-    proxy
-        .get(&format!("{PREFIX}/create-thread"))
-        .origin(origin)
-        .send()
-}
-
-fn post_message(proxy: &Proxy, origin: &str, thread_id: &str, message: &str) -> Resp {
-    proxy
-        .post(&format!("{PREFIX}/process-message"))
-        .origin(origin)
-        .json(&json!({"threadId": thread_id, "message": message}))
-        .send()
-}
 
 /// A proxy whose tenant A uses one of the stub's special keys; tenant B stays healthy.
 fn start_with_key_a(key_a: &str) -> (Stub, Proxy) {
@@ -48,9 +32,9 @@ fn assert_mapped(resp: &Resp, status: u16, code: &str, context: &str) {
 fn upstream_401_and_403_become_502_upstream_auth_failed() {
     for key in ["sk-stub-401", "sk-stub-403"] {
         let (_stub, proxy) = start_with_key_a(key);
-        let resp = create_thread(&proxy, ORIGIN_A);
+        let resp = proxy.try_create_thread(ORIGIN_A);
         assert_mapped(&resp, 502, "upstream_auth_failed", key);
-        let resp = post_message(&proxy, ORIGIN_A, SOME_THREAD, "hi");
+        let resp = proxy.try_post_message(ORIGIN_A, SOME_THREAD, "hi");
         assert_mapped(&resp, 502, "upstream_auth_failed", key);
         assert!(
             !resp.body.contains(key),
@@ -59,7 +43,7 @@ fn upstream_401_and_403_become_502_upstream_auth_failed() {
         );
 
         // The other tenant, with a good key, is unaffected.
-        let resp = create_thread(&proxy, ORIGIN_B);
+        let resp = proxy.try_create_thread(ORIGIN_B);
         assert_eq!(resp.status, 200, "{key}: tenant B: {}", resp.body);
     }
 }
@@ -68,8 +52,8 @@ fn upstream_401_and_403_become_502_upstream_auth_failed() {
 fn upstream_429_becomes_429_with_its_retry_after() {
     let (_stub, proxy) = start_with_key_a("sk-stub-429");
     for resp in [
-        create_thread(&proxy, ORIGIN_A),
-        post_message(&proxy, ORIGIN_A, SOME_THREAD, "hi"),
+        proxy.try_create_thread(ORIGIN_A),
+        proxy.try_post_message(ORIGIN_A, SOME_THREAD, "hi"),
     ] {
         assert_mapped(&resp, 429, "rate_limited", "429");
         assert_eq!(resp.header("retry-after"), Some("7"));
@@ -80,8 +64,8 @@ fn upstream_429_becomes_429_with_its_retry_after() {
 fn upstream_500_becomes_502_upstream_error() {
     let (_stub, proxy) = start_with_key_a("sk-stub-500");
     for resp in [
-        create_thread(&proxy, ORIGIN_A),
-        post_message(&proxy, ORIGIN_A, SOME_THREAD, "hi"),
+        proxy.try_create_thread(ORIGIN_A),
+        proxy.try_post_message(ORIGIN_A, SOME_THREAD, "hi"),
     ] {
         assert_mapped(&resp, 502, "upstream_error", "500");
     }
@@ -92,8 +76,8 @@ fn refused_upstream_becomes_502_upstream_unreachable() {
     let closed = free_port();
     let proxy = Proxy::start_with_toml(&two_tenant_toml(&format!("http://127.0.0.1:{closed}/v1")));
     for resp in [
-        create_thread(&proxy, ORIGIN_A),
-        post_message(&proxy, ORIGIN_A, SOME_THREAD, "hi"),
+        proxy.try_create_thread(ORIGIN_A),
+        proxy.try_post_message(ORIGIN_A, SOME_THREAD, "hi"),
     ] {
         assert_mapped(&resp, 502, "upstream_unreachable", "refused");
     }
@@ -103,7 +87,7 @@ fn refused_upstream_becomes_502_upstream_unreachable() {
 fn silent_upstream_becomes_504_upstream_timeout() {
     let (_stub, proxy) = start_with_key_a("sk-stub-hang");
     let started = Instant::now();
-    let resp = create_thread(&proxy, ORIGIN_A);
+    let resp = proxy.try_create_thread(ORIGIN_A);
     assert!(
         started.elapsed() < PROMPT,
         "create-thread took {:?}",
@@ -112,7 +96,7 @@ fn silent_upstream_becomes_504_upstream_timeout() {
     assert_mapped(&resp, 504, "upstream_timeout", "hang");
 
     let started = Instant::now();
-    let resp = post_message(&proxy, ORIGIN_A, SOME_THREAD, "hi");
+    let resp = proxy.try_post_message(ORIGIN_A, SOME_THREAD, "hi");
     assert!(
         started.elapsed() < PROMPT,
         "process-message took {:?}",
@@ -124,7 +108,7 @@ fn silent_upstream_becomes_504_upstream_timeout() {
 #[test]
 fn unknown_thread_becomes_404_thread_not_found() {
     let (_stub, proxy) = start_pair();
-    let resp = post_message(&proxy, ORIGIN_A, "thread_doesnotexist0", "hi");
+    let resp = proxy.try_post_message(ORIGIN_A, "thread_doesnotexist0", "hi");
     assert_mapped(&resp, 404, "thread_not_found", "unknown thread");
     assert!(
         !resp.body.contains("No thread found"),
@@ -140,7 +124,7 @@ fn a_second_message_during_an_active_run_is_409_run_active() {
     let first = proxy.open_message_stream(ORIGIN_A, &thread_id, "[stub:slow=300] a b c d e f");
     assert_eq!(first.status, 200);
 
-    let second = post_message(&proxy, ORIGIN_A, &thread_id, "me too");
+    let second = proxy.try_post_message(ORIGIN_A, &thread_id, "me too");
     assert_mapped(&second, 409, "run_active", "second message");
     assert!(
         !second.body.contains("Can't add messages"),

@@ -530,20 +530,27 @@ mod tests {
         UpstreamRequest::post("/threads/thread_a/messages", &serde_json::json!({"x": 1}))
     }
 
+    /// A client that has made one successful request to `server(then_close_idle)`, its
+    /// connection now pooled.
+    async fn after_one_request(
+        then_close_idle: bool,
+    ) -> (Arc<UpstreamClient>, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let (port, connections, requests) = server(then_close_idle).await;
+        let client = UpstreamClient::new(settings(port));
+        let first = client.send(&post(), &key()).await.unwrap();
+        first.read_all().await.unwrap();
+        (client, connections, requests)
+    }
+
+    fn key() -> Secret {
+        Secret::new("sk-test")
+    }
+
     #[tokio::test]
     async fn a_pooled_connection_closed_while_idle_is_retried_on_a_fresh_one() {
-        let (port, connections, requests) = server(true).await;
-        let client = UpstreamClient::new(settings(port));
-        let key = Secret::new("sk-test");
-        client
-            .send(&post(), &key)
-            .await
-            .unwrap()
-            .read_all()
-            .await
-            .unwrap();
+        let (client, connections, requests) = after_one_request(true).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let second = client.send(&post(), &key).await.expect("retried");
+        let second = client.send(&post(), &key()).await.expect("retried");
         assert_eq!(second.status, 200);
         assert_eq!(connections.load(Ordering::SeqCst), 2);
         assert_eq!(requests.load(Ordering::SeqCst), 2);
@@ -551,17 +558,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_the_upstream_started_answering_is_never_repeated() {
-        let (port, connections, requests) = server(false).await;
-        let client = UpstreamClient::new(settings(port));
-        let key = Secret::new("sk-test");
-        client
-            .send(&post(), &key)
-            .await
-            .unwrap()
-            .read_all()
-            .await
-            .unwrap();
-        let second = client.send(&post(), &key).await;
+        let (client, connections, requests) = after_one_request(false).await;
+        let second = client.send(&post(), &key()).await;
         assert!(
             second.is_err(),
             "a half-answered POST must fail, not be sent again"

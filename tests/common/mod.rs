@@ -616,12 +616,24 @@ impl Proxy {
         self.request("OPTIONS", path)
     }
 
+    /// `GET {prefix}/create-thread` from `origin`, whatever the answer.
+    pub fn try_create_thread(&self, origin: &str) -> Resp {
+        self.get(&format!("{PREFIX}/create-thread"))
+            .origin(origin)
+            .send()
+    }
+
+    /// `POST {prefix}/process-message` from `origin`, read whole, whatever the answer.
+    pub fn try_post_message(&self, origin: &str, thread_id: &str, message: &str) -> Resp {
+        self.post(&format!("{PREFIX}/process-message"))
+            .origin(origin)
+            .json(&serde_json::json!({"threadId": thread_id, "message": message}))
+            .send()
+    }
+
     /// `GET {prefix}/create-thread` from `origin`; asserts 200 and returns the thread id.
     pub fn create_thread(&self, origin: &str) -> String {
-        let resp = self
-            .get(&format!("{PREFIX}/create-thread"))
-            .origin(origin)
-            .send();
+        let resp = self.try_create_thread(origin);
         assert_eq!(
             resp.status, 200,
             "create-thread from {origin}: {}",
