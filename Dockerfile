@@ -62,7 +62,8 @@ EXPOSE 3000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
   CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/${PORT:-3000} && printf 'GET /healthz HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n' >&3 && IFS= read -r -t 4 status <&3 && [[ $status == 'HTTP/1.'?' 200 '* ]]"]
 
-# The binary is PID 1 and handles SIGTERM itself (Pingora's graceful shutdown: up to
-# grace_period_seconds + graceful_shutdown_timeout_seconds, 40 s by default).
+# The binary is PID 1 and handles SIGTERM itself (the default stop signal, kept): it stops
+# accepting, lets streams in flight finish and exits as soon as none is left, at most
+# grace_period_seconds (0) + drain_timeout_seconds (25) later: use `docker stop -t 30`.
 ENTRYPOINT ["/usr/local/bin/chatbot-proxy"]
 CMD []

@@ -12,7 +12,8 @@
 //! - [`turn`]: one answer across upstream streams, with tool calls in between.
 //! - [`leads`]: the lead tool: validation, durable journal, e-mail delivery, caps.
 //! - [`runs`]: one answer at a time per conversation.
-//! - [`proxy`] and [`server`]: the Pingora service and the process around it; [`logging`]
+//! - [`proxy`] and [`server`]: the Pingora service and the process around it, which
+//!   [`shutdown`] stops without cutting what is in flight; [`logging`]
 //!   keeps secrets out of every log line; [`metrics`] counts what they do and serves
 //!   `GET /metrics` on a listener of its own.
 //! - [`stub`]: a stand-in for OpenAI's API, for tests, the demo and benchmarks.
@@ -31,6 +32,7 @@ pub mod respond;
 pub mod routes;
 pub mod runs;
 pub mod server;
+pub mod shutdown;
 pub mod sse;
 pub mod stub;
 pub mod tenant;

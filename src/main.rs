@@ -25,6 +25,12 @@ struct Cli {
     #[arg(long, short = 't')]
     test: bool,
 
+    /// Zero-downtime upgrade: take the listening sockets over from the running process
+    /// (through `[server] upgrade_sock`), which then finishes its requests in flight and
+    /// exits. Start this process first, then send SIGQUIT to the old one within 5 s.
+    #[arg(long, short = 'u')]
+    upgrade: bool,
+
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -66,16 +72,18 @@ fn main() -> ExitCode {
             threads,
             pace_ms,
         }) => {
-            let mut server = server::pingora_server(&config::ServerSettings {
+            let settings = config::ServerSettings {
                 listen: listen.clone(),
                 prefix: String::new(),
                 threads,
-                grace_period_seconds: 0,
-                graceful_shutdown_timeout_seconds: 1,
-            });
+                drain_timeout_seconds: 1,
+                ..config::ServerSettings::default()
+            };
+            let mut server = server::pingora_server(&settings, false);
             server.add_service(stub::stub_service(&listen, Duration::from_millis(pace_ms)));
             log::info!("stub OpenAI API listening on http://{listen}/v1");
-            server.run_forever()
+            server::run(server, &settings);
+            ExitCode::SUCCESS
         }
         Some(Command::Demo {
             listen,
@@ -83,7 +91,8 @@ fn main() -> ExitCode {
             pace_ms,
         }) => {
             let config = server::demo_config(&listen, &stub_listen);
-            let mut server = server::pingora_server(&config.server);
+            let settings = config.server.clone();
+            let mut server = server::pingora_server(&settings, false);
             server.add_service(stub::stub_service(
                 &stub_listen,
                 Duration::from_millis(pace_ms),
@@ -93,13 +102,14 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
             print_demo_banner(&listen);
-            server.run_forever()
+            server::run(server, &settings);
+            ExitCode::SUCCESS
         }
-        None => run_proxy(cli.config, cli.test),
+        None => run_proxy(cli.config, cli.test, cli.upgrade),
     }
 }
 
-fn run_proxy(path: Option<PathBuf>, test_only: bool) -> ExitCode {
+fn run_proxy(path: Option<PathBuf>, test_only: bool, upgrade: bool) -> ExitCode {
     let config = match config::load(path.as_deref()) {
         Ok(config) => config,
         Err(e) => {
@@ -129,12 +139,14 @@ fn run_proxy(path: Option<PathBuf>, test_only: bool) -> ExitCode {
         config.tenants.len(),
         config.upstream.base_url
     );
-    let mut server = server::pingora_server(&config.server);
+    let settings = config.server.clone();
+    let mut server = server::pingora_server(&settings, upgrade);
     if let Err(e) = server::add_proxy(&mut server, config) {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }
-    server.run_forever()
+    server::run(server, &settings);
+    ExitCode::SUCCESS
 }
 
 fn print_demo_banner(listen: &str) {

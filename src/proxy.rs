@@ -17,6 +17,7 @@ use crate::request::parse_process_message;
 use crate::respond::{self, Written};
 use crate::routes::Route;
 use crate::runs::ActiveRuns;
+use crate::shutdown::{InFlight, InFlightGuard};
 use crate::tenant::TenantDirectory;
 use crate::turn::Turn;
 use crate::upstream::{UpstreamClient, UpstreamError, UpstreamRequest, UpstreamResponse};
@@ -40,6 +41,8 @@ pub struct AppState {
     pub runs: Arc<ActiveRuns>,
     pub leads: Arc<LeadDesk>,
     pub metrics: Arc<Metrics>,
+    /// Requests in flight, which the drain waits for on shutdown.
+    pub in_flight: Arc<InFlight>,
 }
 
 impl AppState {
@@ -57,6 +60,7 @@ impl AppState {
             runs: ActiveRuns::new(),
             leads,
             metrics,
+            in_flight: InFlight::new(),
         }))
     }
 }
@@ -82,6 +86,8 @@ pub struct RequestCtx {
     written: Written,
     /// How a stream ended, for the access log.
     outcome: &'static str,
+    /// Counts the request in flight until the context is dropped, after `logging`.
+    _in_flight: InFlightGuard,
 }
 
 impl RequestCtx {
@@ -102,6 +108,7 @@ impl ProxyHttp for ChatbotProxy {
             cors_origin: None,
             written: Written::default(),
             outcome: "-",
+            _in_flight: self.state.in_flight.enter(),
         }
     }
 

@@ -1,5 +1,6 @@
 //! The process: Pingora's server settings, the proxy service (and the metrics endpoint
-//! beside it, when configured), and the demo set-up.
+//! beside it, when configured), the drain that stops it (see [`crate::shutdown`]), the
+//! hand-over of the listening sockets to a new process (`--upgrade`), and the demo set-up.
 
 use crate::config::{
     Config, LeadSettings, Limits, Secret, ServerSettings, StreamFormat, Tenant, UpstreamApi,
@@ -7,30 +8,75 @@ use crate::config::{
 };
 use crate::metrics::MetricsEndpoint;
 use crate::proxy::{AppState, ChatbotProxy};
-use pingora::server::configuration::ServerConf;
-use pingora::server::Server;
+use crate::shutdown::{Drain, Signals};
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{RunArgs, Server};
 use std::time::Duration;
 
-/// A Pingora server configured from our settings (threads, grace period), not from
-/// Pingora's YAML, with its default 300 s grace period replaced by ours.
-pub fn pingora_server(settings: &ServerSettings) -> Server {
+/// Pingora's own shutdown timer is a backstop: it waits this much longer than the drain
+/// limit, so the [`Drain`] service, which ends the process at the limit, always acts first.
+const BACKSTOP_SECONDS: u64 = 2;
+/// Then Pingora gives its runtimes this long to stop before dropping what still runs.
+const RUNTIME_STOP_SECONDS: u64 = 1;
+
+/// A Pingora server configured from our settings (threads, drain limit, upgrade socket),
+/// not from Pingora's YAML. `upgrade`: take the listening sockets over from the running
+/// process (`--upgrade`) when [`run`] starts it.
+///
+/// Pingora's grace period (a fixed wait after the shutdown starts) is set past the drain
+/// limit, so Pingora itself never cuts a stream before the limit; the [`Drain`] service that
+/// [`add_proxy`] adds ends the process as soon as nothing is in flight, or at the limit.
+pub fn pingora_server(settings: &ServerSettings, upgrade: bool) -> Server {
     let conf = ServerConf {
         threads: settings.threads,
-        grace_period_seconds: Some(settings.grace_period_seconds),
-        graceful_shutdown_timeout_seconds: Some(settings.graceful_shutdown_timeout_seconds),
+        grace_period_seconds: Some(settings.drain_timeout_seconds + BACKSTOP_SECONDS),
+        graceful_shutdown_timeout_seconds: Some(RUNTIME_STOP_SECONDS),
+        upgrade_sock: settings.upgrade_sock.clone(),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
-    server
+    let opt = Opt {
+        upgrade,
+        ..Opt::default()
+    };
+    Server::new_with_opt_and_conf(opt, conf)
 }
 
-/// Add the proxy service for `config`, and beside it the lead delivery service and, when
-/// `metrics_listen` is configured, the metrics endpoint, to `server`.
+/// Takes the listening sockets over when started with `--upgrade` (waiting a few seconds
+/// for the old process to send them on SIGQUIT), then runs until shutdown with our
+/// [`Signals`]. Call it after every service was added: a process that cannot start (the
+/// journal, the configuration) fails before it takes the old process's sockets.
+pub fn run(mut server: Server, settings: &ServerSettings) {
+    let upgrading = server.options.as_ref().is_some_and(|opt| opt.upgrade);
+    if upgrading {
+        log::info!(
+            "upgrade: waiting for the running process to hand over its listening sockets \
+             through {} (send it SIGQUIT now)",
+            settings.upgrade_sock
+        );
+    }
+    server.bootstrap();
+    if upgrading {
+        log::info!("upgrade: listening sockets received");
+    }
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals {
+            grace_period: Duration::from_secs(settings.grace_period_seconds),
+        }),
+    });
+}
+
+/// Add the proxy service for `config`, and beside it the lead delivery service, the drain
+/// and, when `metrics_listen` is configured, the metrics endpoint, to `server`.
 pub fn add_proxy(server: &mut Server, config: Config) -> Result<(), String> {
     let listen = config.server.listen.clone();
     let metrics_listen = config.metrics_listen.clone();
+    let drain_limit = Duration::from_secs(config.server.drain_timeout_seconds);
     let state = AppState::new(config)?;
+    let drain = Drain {
+        requests: state.in_flight.clone(),
+        leads: state.leads.clone(),
+        limit: drain_limit,
+    };
     let delivery = pingora::services::background::background_service(
         "lead delivery",
         state.leads.delivery_service(),
@@ -50,6 +96,9 @@ pub fn add_proxy(server: &mut Server, config: Config) -> Result<(), String> {
     service.add_tcp(&listen);
     server.add_service(service);
     server.add_service(delivery);
+    server.add_service(pingora::services::background::background_service(
+        "drain", drain,
+    ));
     Ok(())
 }
 
@@ -61,8 +110,8 @@ pub fn demo_config(listen: &str, stub_listen: &str) -> Config {
             listen: listen.to_string(),
             prefix: "/open-ai".into(),
             threads: 2,
-            grace_period_seconds: 0,
-            graceful_shutdown_timeout_seconds: 5,
+            drain_timeout_seconds: 5,
+            ..ServerSettings::default()
         },
         upstream: UpstreamSettings {
             base_url: format!("http://{stub_listen}/v1"),

@@ -175,6 +175,50 @@ pub(crate) fn port_text(raw: &str, at: &At) -> Result<u16, ConfigError> {
     }
 }
 
+/// A number of seconds given as text (`GRACE_PERIOD_SECONDS`, `DRAIN_TIMEOUT_SECONDS`),
+/// inside `bounds`.
+pub(crate) fn seconds_text(
+    raw: &str,
+    bounds: &Bounds,
+    default: u64,
+    at: &At,
+) -> Result<u64, ConfigError> {
+    let raw = raw.trim();
+    match raw.parse::<i64>() {
+        Ok(value) => in_bounds(value, bounds, default, at),
+        Err(_) => Err(at.err(format!(
+            "{} is not a whole number of seconds: use a number from {} to {}, e.g. {default} \
+             (the default)",
+            shown(raw),
+            bounds.min,
+            bounds.max
+        ))),
+    }
+}
+
+/// Longest path of a Unix socket (`sun_path` holds 108 bytes with the final NUL).
+const MAX_UNIX_SOCKET_PATH: usize = 107;
+
+/// `server.upgrade_sock`: a Unix socket path the old and the new process agree on.
+pub(crate) fn upgrade_sock(raw: &str, at: &At) -> Result<String, ConfigError> {
+    let path = raw.trim();
+    if path.is_empty() || path.chars().any(char::is_control) {
+        return Err(at.err(format!(
+            "must be a plain file path for a Unix socket, e.g. \"{}\" (the default)",
+            defaults::UPGRADE_SOCK
+        )));
+    }
+    if path.len() > MAX_UNIX_SOCKET_PATH {
+        return Err(at.err(format!(
+            "is {} bytes long, more than a Unix socket path may hold ({MAX_UNIX_SOCKET_PATH}): \
+             choose a shorter path, e.g. \"{}\"",
+            path.len(),
+            defaults::UPGRADE_SOCK
+        )));
+    }
+    Ok(path.to_string())
+}
+
 /// The route prefix: starts with `/`, no trailing `/`, no `?`, `#` or whitespace; `/` alone
 /// gives the empty prefix.
 pub(crate) fn prefix(raw: &str, at: &At) -> Result<String, ConfigError> {

@@ -11,8 +11,9 @@ use super::types::{LeadSettings, Limits, ServerSettings, SmtpTls, UpstreamSettin
 pub(crate) const LISTEN: &str = "0.0.0.0:3000";
 pub(crate) const PREFIX: &str = "/open-ai";
 pub(crate) const THREADS: usize = 2;
-pub(crate) const GRACE_PERIOD_SECONDS: u64 = 30;
-pub(crate) const GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS: u64 = 10;
+pub(crate) const GRACE_PERIOD_SECONDS: u64 = 0;
+pub(crate) const DRAIN_TIMEOUT_SECONDS: u64 = 25;
+pub(crate) const UPGRADE_SOCK: &str = "/tmp/chatbot-proxy-upgrade.sock";
 pub(crate) const BASE_URL: &str = "https://api.openai.com/v1";
 pub(crate) const CONNECT_TIMEOUT_MS: u64 = 5_000;
 pub(crate) const FIRST_BYTE_TIMEOUT_MS: u64 = 60_000;
@@ -52,7 +53,8 @@ impl Default for ServerSettings {
             prefix: PREFIX.to_string(),
             threads: THREADS,
             grace_period_seconds: GRACE_PERIOD_SECONDS,
-            graceful_shutdown_timeout_seconds: GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS,
+            drain_timeout_seconds: DRAIN_TIMEOUT_SECONDS,
+            upgrade_sock: UPGRADE_SOCK.to_string(),
         }
     }
 }

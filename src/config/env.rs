@@ -4,7 +4,8 @@
 //! tenant per domain, named after it). `MODELS` (with optional `INSTRUCTIONS`) replaces
 //! `ASSISTANT_IDS` to use the Responses API; each of those two holds one entry for every
 //! domain, or one per domain. `EMAIL_TO`, `SMTP_*`, `OPENAI_BASE_URL`, `PORT`,
-//! `METRICS_LISTEN`, `STREAM_FORMAT`, `LEAD_TOOL` and `LEADS_DIR` are optional. Everything else keeps its default.
+//! `METRICS_LISTEN`, `STREAM_FORMAT`, `LEAD_TOOL`, `LEADS_DIR`, `GRACE_PERIOD_SECONDS` and
+//! `DRAIN_TIMEOUT_SECONDS` are optional. Everything else keeps its default.
 //! The `.env` file is parsed with Node dotenv's rules (see `dotenv`), and the process environment is never
 //! modified; variables of the process win over the file.
 
@@ -158,6 +159,24 @@ pub fn from_env_map(env: &HashMap<String, String>) -> Result<Config, ConfigError
     if let Some(port) = var(env, "PORT") {
         let port = check::port_text(port, &At::key("PORT"))?;
         server.listen = format!("0.0.0.0:{port}");
+    }
+    if let Some(text) = var(env, "GRACE_PERIOD_SECONDS") {
+        let at = At::key("GRACE_PERIOD_SECONDS");
+        server.grace_period_seconds = check::seconds_text(
+            text,
+            &check::GRACE_SECONDS,
+            defaults::GRACE_PERIOD_SECONDS,
+            &at,
+        )?;
+    }
+    if let Some(text) = var(env, "DRAIN_TIMEOUT_SECONDS") {
+        let at = At::key("DRAIN_TIMEOUT_SECONDS");
+        server.drain_timeout_seconds = check::seconds_text(
+            text,
+            &check::SHUTDOWN_SECONDS,
+            defaults::DRAIN_TIMEOUT_SECONDS,
+            &at,
+        )?;
     }
     let metrics_listen = match var(env, "METRICS_LISTEN") {
         Some(text) => {
@@ -974,6 +993,40 @@ mod tests {
     }
 
     #[test]
+    fn grace_period_and_drain_timeout() {
+        let config = from_env_map(&two_sites(&[])).unwrap();
+        assert_eq!(
+            (
+                config.server.grace_period_seconds,
+                config.server.drain_timeout_seconds
+            ),
+            (0, 25)
+        );
+        let config = from_env_map(&two_sites(&[
+            ("GRACE_PERIOD_SECONDS", " 5 "),
+            ("DRAIN_TIMEOUT_SECONDS", "40"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (
+                config.server.grace_period_seconds,
+                config.server.drain_timeout_seconds
+            ),
+            (5, 40)
+        );
+        let err = err_of(&two_sites(&[("GRACE_PERIOD_SECONDS", "soon")]));
+        assert!(
+            err.starts_with("GRACE_PERIOD_SECONDS: \"soon\" is not a whole number"),
+            "{err}"
+        );
+        let err = err_of(&two_sites(&[("DRAIN_TIMEOUT_SECONDS", "0")]));
+        assert!(
+            err.starts_with("DRAIN_TIMEOUT_SECONDS: 0 is out of range"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn lead_tool_and_leads_dir() {
         let config = from_env_map(&two_sites(&[
             ("LEAD_TOOL", "captureLead"),
@@ -1059,6 +1112,7 @@ mod tests {
         assert_eq!(smtp.tls, SmtpTls::Opportunistic);
         assert_eq!(smtp.from, "AI Bot <bot@example.com>");
         assert_eq!(config.metrics_listen, None);
+        assert_eq!(config.server, ServerSettings::default(), "the defaults");
 
         // The commented-out metrics endpoint works.
         let with_metrics = text.replace("# METRICS_LISTEN=", "METRICS_LISTEN=");

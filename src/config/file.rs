@@ -53,7 +53,10 @@ struct RawServer {
     prefix: Field,
     threads: Field,
     grace_period_seconds: Field,
+    drain_timeout_seconds: Field,
+    /// The older name of `drain_timeout_seconds`, still accepted.
     graceful_shutdown_timeout_seconds: Field,
+    upgrade_sock: Field,
 }
 
 #[derive(Deserialize)]
@@ -300,12 +303,38 @@ impl Doc<'_> {
             &check::GRACE_SECONDS,
             defaults::GRACE_PERIOD_SECONDS,
         )?;
-        server.graceful_shutdown_timeout_seconds = self.bounded(
+        let (drain, drain_key) = match (
+            &raw.drain_timeout_seconds,
             &raw.graceful_shutdown_timeout_seconds,
-            "server.graceful_shutdown_timeout_seconds",
+        ) {
+            (Some(_), Some(old)) => {
+                let at = self.located("server.graceful_shutdown_timeout_seconds", old);
+                return Err(at.err(
+                    "is the older name of drain_timeout_seconds, which is also set: keep \
+                     only drain_timeout_seconds",
+                ));
+            }
+            (None, Some(_)) => (
+                &raw.graceful_shutdown_timeout_seconds,
+                "server.graceful_shutdown_timeout_seconds",
+            ),
+            _ => (&raw.drain_timeout_seconds, "server.drain_timeout_seconds"),
+        };
+        server.drain_timeout_seconds = self.bounded(
+            drain,
+            drain_key,
             &check::SHUTDOWN_SECONDS,
-            defaults::GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS,
+            defaults::DRAIN_TIMEOUT_SECONDS,
         )?;
+        if let Some(field) = &raw.upgrade_sock {
+            let at = self.located("server.upgrade_sock", field);
+            let text = self.string(
+                field,
+                &at,
+                &format!("upgrade_sock = {:?}", defaults::UPGRADE_SOCK),
+            )?;
+            server.upgrade_sock = check::upgrade_sock(&text, &at)?;
+        }
         Ok(server)
     }
 
@@ -1149,8 +1178,9 @@ assistant_id = "asst_minimal"
                 listen: "0.0.0.0:3000".into(),
                 prefix: "/open-ai".into(),
                 threads: 2,
-                grace_period_seconds: 30,
-                graceful_shutdown_timeout_seconds: 10,
+                grace_period_seconds: 0,
+                drain_timeout_seconds: 25,
+                upgrade_sock: "/tmp/chatbot-proxy-upgrade.sock".into(),
             }
         );
         let up = &config.upstream;
@@ -1240,6 +1270,11 @@ assistant_id = "asst_minimal"
         assert_eq!(smtp.timeout, Duration::from_secs(10));
         assert_eq!(config.leads, LeadSettings::default());
         assert_eq!(config.server.prefix, "/open-ai");
+        assert_eq!(
+            config.server,
+            ServerSettings::default(),
+            "the example shows the defaults"
+        );
         assert_eq!(config.metrics_listen, None, "commented out in the example");
 
         let with_metrics = text.replace("# metrics_listen = ", "metrics_listen = ");
@@ -1293,7 +1328,7 @@ lead_recipients = ["sales@acme.com"]
         assert_eq!(config.server.prefix, "/chat");
         assert_eq!(config.server.threads, 4);
         assert_eq!(config.server.grace_period_seconds, 0);
-        assert_eq!(config.server.graceful_shutdown_timeout_seconds, 20);
+        assert_eq!(config.server.drain_timeout_seconds, 20);
         assert!(!config.upstream.tls);
         assert_eq!(config.upstream.port, 8090);
         assert_eq!(
@@ -1401,6 +1436,37 @@ lead_recipients = ["sales@acme.com"]
         ))
         .unwrap();
         assert_eq!(config.metrics_listen.as_deref(), Some("10.0.0.1:8080"));
+    }
+
+    #[test]
+    fn drain_timeout_its_older_name_and_the_upgrade_socket() {
+        let config = load(&format!(
+            "[server]\ndrain_timeout_seconds = 7\nupgrade_sock = \"/run/cp/up.sock\"\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(config.server.drain_timeout_seconds, 7);
+        assert_eq!(config.server.upgrade_sock, "/run/cp/up.sock");
+        let config = load(&format!(
+            "[server]\ngraceful_shutdown_timeout_seconds = 9\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(config.server.drain_timeout_seconds, 9);
+        let err = load_err(&format!(
+            "[server]\ndrain_timeout_seconds = 7\ngraceful_shutdown_timeout_seconds = 9\n{MINIMAL}"
+        ));
+        assert!(
+            err.contains("server.graceful_shutdown_timeout_seconds")
+                && err.contains("keep only drain_timeout_seconds"),
+            "{err}"
+        );
+        let err = load_err(&format!("[server]\ndrain_timeout_seconds = 0\n{MINIMAL}"));
+        assert!(err.contains("server.drain_timeout_seconds"), "{err}");
+        let long = format!("/tmp/{}.sock", "x".repeat(120));
+        let err = load_err(&format!("[server]\nupgrade_sock = {long:?}\n{MINIMAL}"));
+        assert!(err.contains("server.upgrade_sock"), "{err}");
+        assert!(err.contains("Unix socket path"), "{err}");
+        let err = load_err(&format!("[server]\nupgrade_sock = \" \"\n{MINIMAL}"));
+        assert!(err.contains("server.upgrade_sock"), "{err}");
     }
 
     #[test]

@@ -36,10 +36,16 @@ pub struct ServerSettings {
     pub prefix: String,
     /// Worker threads of the proxy service.
     pub threads: usize,
-    /// Seconds between SIGTERM and the start of the graceful shutdown (Pingora's grace period).
+    /// Seconds between SIGTERM and the start of the drain, during which the listener still
+    /// accepts (for load balancers that need time to take the instance out; default 0).
     pub grace_period_seconds: u64,
-    /// Seconds that running streams get to finish once the shutdown starts.
-    pub graceful_shutdown_timeout_seconds: u64,
+    /// Longest wait, once the drain starts, for requests in flight to finish (default 25);
+    /// the process exits as soon as nothing is in flight. `graceful_shutdown_timeout_seconds`
+    /// is accepted as an older name.
+    pub drain_timeout_seconds: u64,
+    /// The Unix socket on which a new process started with `--upgrade` receives the
+    /// listening sockets from the running one (`[server] upgrade_sock`).
+    pub upgrade_sock: String,
 }
 
 /// The upstream API and its timeouts.

@@ -22,6 +22,7 @@ use super::journal::{unix_now, Journal, LeadRecord, Record};
 use super::lead::{self, Context};
 use super::mailer::Mailer;
 use super::outbox::Outbox;
+use crate::shutdown::InFlight;
 
 /// Attempts the background service runs at once.
 const PARALLEL_ATTEMPTS: usize = 4;
@@ -47,6 +48,9 @@ pub struct Courier {
     /// Rung when the outbox's next due time may have moved earlier.
     wake: Notify,
     backoff: Backoff,
+    /// Journal writes and delivery attempts under way, and the background service while it
+    /// runs: the drain waits for them before the process ends.
+    busy: Arc<InFlight>,
 }
 
 impl Courier {
@@ -64,6 +68,7 @@ impl Courier {
             mailer,
             wake: Notify::new(),
             backoff: Backoff::LEADS,
+            busy: InFlight::new(),
         }
     }
 
@@ -75,6 +80,12 @@ impl Courier {
     /// Leads not yet delivered.
     pub fn pending_count(&self) -> usize {
         self.outbox().len()
+    }
+
+    /// Returns once no lead is being journaled or delivered and the background service has
+    /// stopped (it stops on shutdown).
+    pub async fn wait_idle(&self) {
+        self.busy.wait_idle().await;
     }
 
     /// The background service that delivers pending leads.
@@ -91,6 +102,7 @@ impl Courier {
         record: LeadRecord,
         saved: oneshot::Sender<bool>,
     ) -> Outcome {
+        let _busy = self.busy.enter();
         let id = record.id.clone();
         let journaled = self.write(Record::Lead(record.clone())).await;
         if let Err(e) = &journaled {
@@ -114,6 +126,7 @@ impl Courier {
     /// (marked in the journal), due again after a backoff delay, or parked when the e-mail
     /// cannot be built (a bad recipient: retrying cannot help until the next start).
     pub async fn attempt(self: Arc<Self>, record: Arc<LeadRecord>) -> Outcome {
+        let _busy = self.busy.enter();
         let mut claim = Claim {
             courier: &self,
             id: &record.id,
@@ -225,6 +238,7 @@ pub struct DeliveryService {
 impl BackgroundService for DeliveryService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let courier = &self.courier;
+        let _running = courier.busy.enter();
         if !courier.can_send() {
             while !*shutdown.borrow() {
                 if shutdown.changed().await.is_err() {

@@ -197,6 +197,12 @@ impl LeadDesk {
         self.courier.pending_count()
     }
 
+    /// Returns once no lead is being journaled or delivered and the delivery service has
+    /// stopped: what the drain waits for before the process ends.
+    pub async fn wait_idle(&self) {
+        self.courier.wait_idle().await;
+    }
+
     /// The background delivery service, to add to the Pingora server
     /// (`pingora::services::background::background_service("lead delivery", ...)`): it
     /// delivers pending leads, retries with backoff, wakes at once when capture() queues one,
