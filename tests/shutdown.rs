@@ -474,24 +474,26 @@ fn queued(email: &str) -> String {
     )
 }
 
+/// The lead records of one journal file, as JSON (none if it does not exist).
+fn leads_in(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|r| r["type"] == "lead")
+        .collect()
+}
+
 /// Every lead record in the journal files of `dir/data` (all segments), as JSON.
 fn journaled_leads(dir: &Path) -> Vec<Value> {
-    let mut leads = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir.join("data")) else {
-        return leads;
+        return Vec::new();
     };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.extension().is_some_and(|e| e == "jsonl") {
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            leads.extend(
-                text.lines()
-                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                    .filter(|r| r["type"] == "lead"),
-            );
-        }
-    }
-    leads
+    entries
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|e| e == "jsonl"))
+        .flat_map(|path| leads_in(&path))
+        .collect()
 }
 
 #[test]
@@ -514,19 +516,13 @@ fn an_upgrade_hands_over_without_a_refused_connection_and_delivers_every_lead_on
     let prober = Prober::start(port);
 
     // A stream with a lead tool call on A (SMTP is down: the lead stays queued in A's
-    // journal), paced so it is still running when A stops accepting.
+    // journal), paced so the call comes during the hand-over and the stream still runs when
+    // A stops accepting.
     let thread_a = create_thread(port);
     let (stream, first) = open_stream(
         port,
         &thread_a,
         &lead_message("Ada Lovelace", "ada@example.net", 250),
-    );
-    assert!(
-        eventually(Duration::from_secs(10), || journaled_leads(dir.path())
-            .len()
-            == 1),
-        "the first lead must be journaled by the old process:\n{}",
-        old.logs()
     );
 
     // B starts in upgrade mode on the same configuration and lead directory, then A gets
@@ -536,6 +532,15 @@ fn an_upgrade_hands_over_without_a_refused_connection_and_delivers_every_lead_on
     old.signal("QUIT");
     new.wait_for_log("listening sockets received", Duration::from_secs(10));
     new.wait_for_log(READY_FOR_SIGNALS, Duration::from_secs(10));
+    assert!(
+        eventually(Duration::from_secs(10), || !journaled_leads(dir.path())
+            .is_empty()),
+        "the old process must journal the lead of its stream:\n{}",
+        old.logs()
+    );
+    let in_old = leads_in(&dir.path().join("data/leads.jsonl"));
+    assert_eq!(in_old.len(), 1, "the old process's segment: {in_old:?}");
+    assert_eq!(in_old[0]["lead"]["email"], "ada@example.net");
 
     // A stops accepting (after Pingora's 5 s overlap) but finishes its stream.
     old.wait_for_log(
@@ -562,6 +567,12 @@ fn an_upgrade_hands_over_without_a_refused_connection_and_delivers_every_lead_on
     assert_eq!(second.status, 200, "{}", second.text());
     let events = second.events();
     assert_eq!(delta_text(&events), queued("grace@example.org"));
+    assert_eq!(
+        leads_in(&dir.path().join("data/leads.jsonl")).len(),
+        1,
+        "the new process journals in a segment of its own"
+    );
+    assert_eq!(journaled_leads(dir.path()).len(), 2);
 
     let (body, ending) = finish_stream(stream, first);
     let events = assert_complete(&body, ending, "the old process's stream");
@@ -600,6 +611,15 @@ fn an_upgrade_hands_over_without_a_refused_connection_and_delivers_every_lead_on
             "\"Grace Hopper\" <grace@example.org>"
         ],
         "each lead exactly once; new:\n{}",
+        new.logs()
+    );
+    assert!(
+        !dir.path().join("data/leads.jsonl").exists(),
+        "the old process's segment was adopted and deleted"
+    );
+    assert!(
+        new.logs().contains("adopted 1 pending lead(s)"),
+        "{}",
         new.logs()
     );
     drop(new);

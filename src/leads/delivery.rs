@@ -1,5 +1,7 @@
 //! Delivery: taking a captured lead in (journal, then outbox), one attempt to e-mail a
-//! lead, and the background service that delivers pending leads with backoff.
+//! lead, and the background service that delivers pending leads with backoff. The service
+//! also adopts, every few seconds, the journal segments of processes that have exited (the
+//! old process after an upgrade) and delivers their leads.
 //!
 //! The guarantees, in order of importance: a lead is on disk before the visitor is told it
 //! was received; a lead is never in two attempts at once (the outbox's claims); a delivered
@@ -30,6 +32,9 @@ const PARALLEL_ATTEMPTS: usize = 4;
 /// How long attempts under way may finish after shutdown starts (so a delivered lead gets
 /// its mark rather than being sent again after the restart).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How often the journal segments of processes that have exited (after an upgrade) are
+/// looked for and adopted.
+const ADOPT_EVERY: Duration = Duration::from_secs(2);
 
 /// How an attempt ended, for the tool output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,6 +227,28 @@ impl Courier {
         .unwrap_or_else(|e| Err(format!("the journal write did not finish: {e}")))
     }
 
+    /// Adopts the journal segments of processes that have exited (on a blocking thread) and
+    /// queues their leads, due now.
+    async fn adopt_orphans(self: &Arc<Self>) {
+        let courier = Arc::clone(self);
+        let adopted = tokio::task::spawn_blocking(move || {
+            let mut journal = courier.journal.lock().unwrap_or_else(|p| p.into_inner());
+            journal.adopt_orphans()
+        })
+        .await
+        .unwrap_or_default();
+        if adopted.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut outbox = self.outbox();
+        for record in adopted {
+            outbox.add(record, now);
+        }
+        drop(outbox);
+        self.wake.notify_one();
+    }
+
     fn outbox(&self) -> MutexGuard<'_, Outbox> {
         self.outbox.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -268,6 +295,7 @@ impl BackgroundService for DeliveryService {
             courier.pending_count()
         );
         let mut running = JoinSet::new();
+        let mut adopt_at = Instant::now() + ADOPT_EVERY;
         while !*shutdown.borrow() {
             let room = PARALLEL_ATTEMPTS.saturating_sub(running.len());
             for record in courier.outbox().claim_due(Instant::now(), room) {
@@ -288,6 +316,10 @@ impl BackgroundService for DeliveryService {
                 () = courier.wake.notified() => {}
                 () = sleep_until(next_due) => {}
                 Some(_) = running.join_next(), if !running.is_empty() => {}
+                () = tokio::time::sleep_until(adopt_at.into()) => {
+                    courier.adopt_orphans().await;
+                    adopt_at = Instant::now() + ADOPT_EVERY;
+                }
             }
         }
         let finishing = async { while running.join_next().await.is_some() {} };

@@ -13,7 +13,13 @@
 //! vanish at the next start). That failure is a warning, and the directory is flushed again
 //! after each later append until it succeeds.
 //!
-//! One process per directory: the journal assumes it is the only writer.
+//! Several processes may share the directory (a zero-downtime upgrade runs two): each writes
+//! a segment of its own (see [`segments`]), `leads.jsonl` for a single process. On open, and
+//! then whenever [`Journal::adopt_orphans`] is called, the segments of processes that have
+//! exited are adopted: their pending leads are journaled again here (a lead already pending
+//! here, from an adoption a crash interrupted, is skipped: ids are unique), durably, and only
+//! then is the old segment deleted and the directory flushed, so a lead is never delivered
+//! from two segments.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
@@ -23,10 +29,14 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::lead::Lead;
+use super::segments::{self, Orphan, Segment, SyncDir};
 
-/// The journal's file name inside the leads directory.
-pub const FILE_NAME: &str = "leads.jsonl";
-/// The file written during compaction, renamed over [`FILE_NAME`] when complete.
+/// The journal's file name inside the leads directory, for a single process (the primary
+/// segment).
+#[cfg(test)]
+const FILE_NAME: &str = "leads.jsonl";
+/// The file written during the primary's compaction, renamed over [`FILE_NAME`] when complete.
+#[cfg(test)]
 const COMPACTING_NAME: &str = "leads.jsonl.tmp";
 
 /// One line of the journal.
@@ -62,37 +72,6 @@ pub struct LeadRecord {
 /// twice as long as its pending leads.
 const COMPACT_OVER_BYTES: u64 = 1 << 20;
 
-/// Take the directory's exclusive lock (`leads.lock`). The journal assumes a single writer:
-/// two processes sharing it could lose delivered marks (sending a lead twice) or, through
-/// compaction, leads. The lock is released by the OS when the process ends, even on `kill -9`.
-fn lock_dir(dir: &Path) -> Result<File, String> {
-    let path = dir.join("leads.lock");
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| {
-            format!(
-                "cannot open {}: {e}; check the directory's permissions",
-                path.display()
-            )
-        })?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
-            "another chatbot-proxy process uses the lead directory {}: give each process its \
-             own leads.dir",
-            dir.display()
-        )),
-        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
-    }
-}
-
-/// How the directory is flushed after a compaction's rename: [`sync_dir`], or a failing
-/// stand-in in tests.
-type SyncDir = fn(&Path) -> Result<(), String>;
-
 /// The open journal, positioned for appending.
 #[derive(Debug)]
 pub struct Journal {
@@ -108,13 +87,18 @@ pub struct Journal {
     /// False after a compaction whose directory flush failed: the file's name may not survive
     /// a crash of the machine yet, so the flush is tried again after each append.
     dir_synced: bool,
-    /// Held for the journal's life: one process per lead directory (see [`lock_dir`]).
-    _lock: File,
+    /// This process's segment, locked for the journal's life.
+    segment: Segment,
+    /// Adopted segments that could not be deleted: kept locked so they are not adopted
+    /// again while this process lives.
+    undeletable: Vec<Orphan>,
 }
 
 impl Journal {
-    /// Opens (creating it if needed) the journal in `dir`, and returns it with the pending
-    /// leads in capture order. The file is compacted to just those leads.
+    /// Opens (creating it if needed) this process's journal segment in `dir`, adopts the
+    /// segments of processes that have exited, and returns the journal with the pending
+    /// leads, its own in capture order, then the adopted ones. The file is compacted to just
+    /// those leads.
     pub fn open(dir: &Path) -> Result<(Journal, Vec<LeadRecord>), String> {
         Journal::open_with(dir, sync_dir)
     }
@@ -128,24 +112,34 @@ impl Journal {
                 dir.display()
             )
         })?;
-        let lock = lock_dir(dir)?;
-        let path = dir.join(FILE_NAME);
-        let bytes = match fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == ErrorKind::NotFound => Vec::new(),
-            Err(e) => {
-                return Err(format!(
-                    "cannot read the lead journal {}: {e}; check its permissions",
-                    path.display()
-                ))
+        let segment = segments::claim(dir)?;
+        let path = segment.journal(dir);
+        if !segment.is_primary() {
+            log::info!(
+                "another process uses the lead directory {} (an upgrade under way?): this one \
+                 journals its leads in {} and adopts the other's once it has exited",
+                dir.display(),
+                path.display()
+            );
+        }
+        let mut leads = replay(&read(&path)?, &path);
+        let mut ids: HashSet<String> = leads.iter().map(|lead| lead.id.clone()).collect();
+        let mut adopted = Vec::new();
+        for orphan in segments::orphans(dir, &segment.stem) {
+            match read(&orphan.journal(dir)) {
+                Ok(bytes) => {
+                    let new = replay(&bytes, &orphan.journal(dir));
+                    leads.extend(new.into_iter().filter(|lead| ids.insert(lead.id.clone())));
+                    adopted.push(orphan);
+                }
+                Err(e) => log::warn!("{e}; its leads are adopted later"),
             }
-        };
-        let leads = replay(&bytes, &path);
+        }
         let pending = leads
             .iter()
             .map(|lead| Ok((lead.id.clone(), encode(&Record::Lead(lead.clone()))?)))
             .collect::<Result<Vec<_>, String>>()?;
-        let rewritten = rewrite(dir, &pending, sync_dir)?;
+        let rewritten = rewrite(dir, &path, &segment.compacting(dir), &pending, sync_dir)?;
         let mut journal = Journal {
             dir: dir.to_path_buf(),
             path,
@@ -155,10 +149,84 @@ impl Journal {
             compact_over: COMPACT_OVER_BYTES,
             sync_dir,
             dir_synced: true,
-            _lock: lock,
+            segment,
+            undeletable: Vec::new(),
         };
+        let durable = rewritten.dir_synced.is_ok();
         journal.note_dir_sync(rewritten.dir_synced);
+        if durable {
+            journal.remove_adopted(adopted);
+        } else if !adopted.is_empty() {
+            // Their leads may not survive a crash of the machine here yet: keep the old
+            // segments (locked, so they are not adopted twice by this process).
+            log::warn!(
+                "the adopted journal segments are kept until the lead directory can be \
+                 flushed: their leads may be sent twice after a restart"
+            );
+            journal.undeletable.extend(adopted);
+        }
         Ok((journal, leads))
+    }
+
+    /// Adopts the segments of processes that have exited since the last look: their pending
+    /// leads not pending here yet are appended to this journal (each flushed to disk), then
+    /// the old segments are deleted. Returns the adopted leads, for delivery. A segment that
+    /// cannot be read or journaled here is left for a later call.
+    pub fn adopt_orphans(&mut self) -> Vec<LeadRecord> {
+        let mut adopted = Vec::new();
+        let mut done = Vec::new();
+        for orphan in segments::orphans(&self.dir, &self.segment.stem) {
+            let path = orphan.journal(&self.dir);
+            let leads = match read(&path) {
+                Ok(bytes) => replay(&bytes, &path),
+                Err(e) => {
+                    log::warn!("{e}; its leads are adopted later");
+                    continue;
+                }
+            };
+            let before = adopted.len();
+            let mut complete = true;
+            for lead in leads {
+                if self.pending.iter().any(|(id, _)| *id == lead.id) {
+                    continue;
+                }
+                if let Err(e) = self.append(&Record::Lead(lead.clone())) {
+                    log::error!(
+                        "cannot adopt the leads of {}: {e}; they are adopted later",
+                        path.display()
+                    );
+                    complete = false;
+                    break;
+                }
+                adopted.push(lead);
+            }
+            if complete {
+                log::info!(
+                    "adopted {} pending lead(s) from {}, left by a process that has exited",
+                    adopted.len() - before,
+                    path.display()
+                );
+                done.push(orphan);
+            }
+        }
+        self.remove_adopted(done);
+        adopted
+    }
+
+    /// Deletes adopted segments (their leads are durable in this journal now). One that
+    /// cannot be deleted stays locked by this process, so it is not adopted twice.
+    fn remove_adopted(&mut self, adopted: Vec<Orphan>) {
+        for orphan in adopted {
+            let path = orphan.journal(&self.dir);
+            if let Err((orphan, e)) = orphan.remove(&self.dir, self.sync_dir) {
+                log::error!(
+                    "{} was adopted, but {e}; its leads may be sent twice after a restart \
+                     unless it is deleted by hand",
+                    path.display()
+                );
+                self.undeletable.push(orphan);
+            }
+        }
     }
 
     /// The journal file.
@@ -202,7 +270,14 @@ impl Journal {
         if self.len < self.compact_over || self.len < 2 * pending_bytes {
             return;
         }
-        match rewrite(&self.dir, &self.pending, self.sync_dir) {
+        let compacting = self.segment.compacting(&self.dir);
+        match rewrite(
+            &self.dir,
+            &self.path,
+            &compacting,
+            &self.pending,
+            self.sync_dir,
+        ) {
             Ok(rewritten) => {
                 self.file = rewritten.file;
                 self.len = rewritten.len;
@@ -226,6 +301,18 @@ impl Journal {
                 );
             }
         }
+    }
+}
+
+/// A journal file's bytes; a missing file is empty.
+fn read(path: &Path) -> Result<Vec<u8>, String> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(bytes),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(format!(
+            "cannot read the lead journal {}: {e}; check its permissions",
+            path.display()
+        )),
     }
 }
 
@@ -297,31 +384,31 @@ struct Rewritten {
     dir_synced: Result<(), String>,
 }
 
-/// Replaces the journal in `dir` with one holding just the `pending` lines, durably: they
-/// go to a new file, flushed, renamed over the journal, and the directory is flushed with
-/// `sync_dir`. An error means the journal is unchanged; once the rename is done the new
-/// file is returned, with the outcome of the directory flush.
+/// Replaces the journal file `target` (in `dir`) with one holding just the `pending` lines, durably:
+/// they go to a new file (`temporary`), flushed, renamed over the journal, and the directory
+/// is flushed with `sync_dir`. An error means the journal is unchanged; once the rename is
+/// done the new file is returned, with the outcome of the directory flush.
 fn rewrite(
     dir: &Path,
+    target: &Path,
+    temporary: &Path,
     pending: &[(String, Vec<u8>)],
     sync_dir: SyncDir,
 ) -> Result<Rewritten, String> {
-    let target = dir.join(FILE_NAME);
-    let temporary = dir.join(COMPACTING_NAME);
-    match fs::remove_file(&temporary) {
+    match fs::remove_file(temporary) {
         Ok(()) => {}
         Err(e) if e.kind() == ErrorKind::NotFound => {}
-        Err(e) => return Err(cannot_write(&temporary, &e)),
+        Err(e) => return Err(cannot_write(temporary, &e)),
     }
-    let mut file = create_private(&temporary).map_err(|e| cannot_write(&temporary, &e))?;
+    let mut file = create_private(temporary).map_err(|e| cannot_write(temporary, &e))?;
     let mut len = 0;
     for (_, line) in pending {
         file.write_all(line)
-            .map_err(|e| cannot_write(&temporary, &e))?;
+            .map_err(|e| cannot_write(temporary, &e))?;
         len += line.len() as u64;
     }
-    file.sync_all().map_err(|e| cannot_write(&temporary, &e))?;
-    fs::rename(&temporary, &target).map_err(|e| {
+    file.sync_all().map_err(|e| cannot_write(temporary, &e))?;
+    fs::rename(temporary, target).map_err(|e| {
         format!(
             "cannot replace the lead journal {} with its compacted copy: {e}; check the \
              directory's permissions",
@@ -504,13 +591,70 @@ mod tests {
     }
 
     #[test]
-    fn a_second_journal_on_the_same_directory_is_refused_until_the_first_closes() {
+    fn a_second_journal_on_the_same_directory_gets_a_segment_of_its_own() {
         let dir = tempfile::tempdir().unwrap();
-        let (first, _) = Journal::open(dir.path()).unwrap();
-        let err = Journal::open(dir.path()).unwrap_err();
-        assert!(err.contains("another chatbot-proxy process"), "{err}");
+        let (mut first, _) = Journal::open(dir.path()).unwrap();
+        assert_eq!(first.path(), dir.path().join(FILE_NAME));
+        first.append(&Record::Lead(record("lead_1"))).unwrap();
+        let (mut second, pending) = Journal::open(dir.path()).unwrap();
+        assert!(pending.is_empty(), "the first journal's leads are its own");
+        assert_ne!(second.path(), first.path());
+        second.append(&Record::Lead(record("lead_2"))).unwrap();
+        // While the first lives, nothing of it is adopted.
+        assert!(second.adopt_orphans().is_empty());
+        first.append(&Record::Lead(record("lead_3"))).unwrap();
+        first.append(&delivered("lead_1")).unwrap();
         drop(first);
-        assert!(Journal::open(dir.path()).is_ok());
+
+        // Once it is gone its pending leads move over, once, and its file goes.
+        assert_eq!(ids(&second.adopt_orphans()), ["lead_3"]);
+        assert!(!dir.path().join(FILE_NAME).exists());
+        assert!(second.adopt_orphans().is_empty());
+        drop(second);
+        let (journal, pending) = Journal::open(dir.path()).unwrap();
+        assert_eq!(journal.path(), dir.path().join(FILE_NAME));
+        assert_eq!(ids(&pending), ["lead_2", "lead_3"]);
+        let files: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|name| name.ends_with(".jsonl"))
+            .collect();
+        assert_eq!(files, [FILE_NAME], "the second segment was adopted on open");
+    }
+
+    #[test]
+    fn a_lead_in_two_segments_after_an_interrupted_adoption_is_adopted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut first, _) = Journal::open(dir.path()).unwrap();
+        let (mut second, _) = Journal::open(dir.path()).unwrap();
+        let (third, _) = Journal::open(dir.path()).unwrap();
+        // The second adopted lead_1 from the first, then crashed before deleting it.
+        for journal in [&mut first, &mut second] {
+            journal.append(&Record::Lead(record("lead_1"))).unwrap();
+        }
+        first.append(&Record::Lead(record("lead_2"))).unwrap();
+        let mut third = third;
+        drop(first);
+        drop(second);
+        assert_eq!(ids(&third.adopt_orphans()), ["lead_1", "lead_2"]);
+        drop(third);
+        assert_eq!(
+            ids(&Journal::open(dir.path()).unwrap().1),
+            ["lead_1", "lead_2"]
+        );
+    }
+
+    #[test]
+    fn a_lead_already_pending_here_is_not_adopted_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut first, _) = Journal::open(dir.path()).unwrap();
+        first.append(&Record::Lead(record("lead_1"))).unwrap();
+        let (mut second, _) = Journal::open(dir.path()).unwrap();
+        second.append(&Record::Lead(record("lead_1"))).unwrap();
+        drop(first);
+        assert!(second.adopt_orphans().is_empty());
+        let text = fs::read_to_string(second.path()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
     }
 
     #[test]

@@ -21,6 +21,7 @@ mod lead;
 mod mailer;
 mod outbox;
 mod reply;
+mod segments;
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
