@@ -283,9 +283,11 @@ fn an_idle_proxy_exits_at_once_on_sigterm() {
     let port = free_port();
     write_config(dir.path(), port, &stub, "", "");
     let mut proxy = Node::start(dir.path(), port, &dir.path().join("proxy.log"));
-    // One request first: the keep-alive connection it leaves must not hold the exit up.
+    // Requests first: neither a kept-alive connection after a response nor a connection
+    // that never sent anything may hold the exit up.
     create_thread(port);
-    let keep_alive = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let keep_alive = kept_alive_after_a_request(port);
+    let silent = TcpStream::connect(("127.0.0.1", port)).unwrap();
 
     proxy.signal("TERM");
     proxy.assert_exits_cleanly(IDLE_EXIT_DEADLINE, "idle SIGTERM");
@@ -294,8 +296,29 @@ fn an_idle_proxy_exits_at_once_on_sigterm() {
         "{}",
         proxy.logs()
     );
-    drop(keep_alive);
+    drop((keep_alive, silent));
     assert!(refused(port), "nothing may listen after the exit");
+}
+
+/// A connection on which `GET /healthz` (HTTP/1.1, keep-alive) was answered, left open.
+fn kept_alive_after_a_request(port: u16) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !String::from_utf8_lossy(&answer).contains(r#"{"status":"ok"}"#) {
+        let n = stream.read(&mut chunk).expect("the health answer");
+        assert!(n > 0, "closed before the answer: {answer:?}");
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    let head = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(
+        !head.contains("connection: close"),
+        "not kept alive: {head}"
+    );
+    stream
 }
 
 #[test]
