@@ -15,7 +15,9 @@
 //! - [`proxy`] and [`server`]: the Pingora service and the process around it; [`logging`]
 //!   keeps secrets out of every log line; [`metrics`] counts what they do and serves
 //!   `GET /metrics` on a listener of its own.
-//! - [`stub`]: a stand-in for OpenAI's API, for tests, the demo and benchmarks.
+//!
+//! The stand-in for OpenAI's API used by tests, the demo and benchmarks is a crate of its own
+//! (`stub/`, `openai_stub`), linked into the binary only with the default `stub` feature.
 
 pub mod config;
 pub mod dialect;
@@ -32,7 +34,6 @@ pub mod routes;
 pub mod runs;
 pub mod server;
 pub mod sse;
-pub mod stub;
 pub mod tenant;
 pub mod turn;
 pub mod upstream;

@@ -1,10 +1,11 @@
 //! Stub OpenAI upstream: an in-memory imitation of the parts of the OpenAI
 //! API the proxy uses (Assistants threads/messages/runs and Responses +
 //! Conversations), speaking the wire format of `tests/fixtures/openai-wire/*.sse`
-//! (same event names in the same order, same JSON keys in the same order;
-//! ids and unix-second timestamps generated; a run's `expires_at` is
-//! `created_at + 600`). Tests, the README demo and benchmarks use it
-//! instead of OpenAI.
+//! at the workspace root (same event names in the same order, same JSON keys in
+//! the same order; ids and unix-second timestamps generated; a run's `expires_at`
+//! is `created_at + 600`). Tests, the README demo and benchmarks use it
+//! instead of OpenAI. It is a crate of its own, not part of the proxy: the
+//! `chatbot-proxy` binary links it only with its default `stub` feature.
 //!
 //! Start it with [`stub_service`] (a Pingora listening service for
 //! `chatbot-proxy stub --listen ADDR` and the in-process demo); the base

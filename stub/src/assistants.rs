@@ -881,14 +881,14 @@ fn tool_call_events(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stub::directives::Directives;
-    use crate::stub::examples::{example, keys_in_order};
+    use crate::directives::Directives;
+    use crate::examples::{example, keys_in_order};
     use std::collections::HashMap;
 
     fn ctx(with_tools: bool) -> RunCtx {
         let mut d = Directives::default();
         if with_tools {
-            d.tool_calls = vec![crate::stub::directives::ToolCallSpec {
+            d.tool_calls = vec![crate::directives::ToolCallSpec {
                 name: "get_current_weather".into(),
                 arguments: r#"{"location":"San Francisco, CA"}"#.into(),
             }];
@@ -1008,7 +1008,7 @@ mod tests {
     #[test]
     fn requires_action_stream_matches_example() {
         let c = ctx(true);
-        let calls = crate::stub::state::new_pending(&[crate::stub::directives::ToolCallSpec {
+        let calls = crate::state::new_pending(&[crate::directives::ToolCallSpec {
             name: "get_current_weather".into(),
             arguments: r#"{"location":"San Francisco, CA","unit":"fahrenheit"}"#.into(),
         }]);
@@ -1062,7 +1062,7 @@ mod tests {
     #[test]
     fn submit_tool_outputs_stream_matches_example() {
         let c = ctx(true);
-        let calls = crate::stub::state::new_pending(&[crate::stub::directives::ToolCallSpec {
+        let calls = crate::state::new_pending(&[crate::directives::ToolCallSpec {
             name: "get_current_weather".into(),
             arguments: r#"{"location":"San Francisco, CA"}"#.into(),
         }]);

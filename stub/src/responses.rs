@@ -633,9 +633,9 @@ fn part_event(name: &'static str, item_id: &str, text: &str) -> Event {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stub::directives::ToolCallSpec;
-    use crate::stub::examples::{example, keys_in_order};
-    use crate::stub::state::new_pending;
+    use crate::directives::ToolCallSpec;
+    use crate::examples::{example, keys_in_order};
+    use crate::state::new_pending;
 
     fn ctx() -> RespCtx {
         RespCtx::new(

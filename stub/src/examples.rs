@@ -1,9 +1,9 @@
-//! Test support: the reference wire examples (`tests/fixtures/openai-wire/`), read for
-//! comparison with what the stub writes.
+//! Test support: the reference wire examples (`tests/fixtures/openai-wire/` at the workspace
+//! root, one copy shared with the proxy's tests), read for comparison with what the stub writes.
 
 use serde_json::Value;
 
-const WIRE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/openai-wire");
+const WIRE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/openai-wire");
 
 /// (event name, data) pairs of an example file, `...` lines skipped. A missing file fails the
 /// test: the comparison must never be skipped silently.

@@ -4,7 +4,7 @@
 //! behaviour it asks for plus the message with every recognised directive
 //! removed. Unknown directive names and unusable values are removed from the
 //! text and otherwise ignored; text that does not form a closed directive is
-//! left as it is. The full list of directives is documented in `stub/mod.rs`.
+//! left as it is. The full list of directives is documented in the crate root (`lib.rs`).
 
 use serde_json::Value;
 
