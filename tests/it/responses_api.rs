@@ -6,15 +6,12 @@
 //! response, responses that end badly, the upstream status mapping, and a widget-v1 smoke test.
 //! The widget's side does not change: same routes, same fields, same error codes.
 
-mod common;
-mod smtp_server;
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::harness::*;
+use crate::smtp_server::SmtpServer;
 use serde_json::{json, Value};
-use smtp_server::SmtpServer;
 
 // ---------------------------------------------------------------------------------------------
 // Tenants

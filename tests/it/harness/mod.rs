@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+mod self_tests;
+
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_chatbot-proxy");
 

@@ -6,14 +6,11 @@
 //! value is a route, a configured tenant or `-`, and no key, password, thread id, origin or
 //! visitor detail appears in it.
 
-mod common;
-mod smtp_server;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::harness::*;
+use crate::smtp_server::SmtpServer;
 use serde_json::{json, Value};
-use smtp_server::SmtpServer;
 
 /// The tenant's site and name.
 const SITE: &str = ORIGIN_A;

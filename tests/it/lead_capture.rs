@@ -5,9 +5,6 @@
 //! same client response with a single final `done`. Also: delivery in the background while
 //! SMTP is down, across a `kill -9` of the proxy, and for 50 conversations at once.
 
-mod common;
-mod smtp_server;
-
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{Read, Write};
@@ -17,9 +14,9 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::harness::*;
+use crate::smtp_server::{Received, SmtpServer};
 use serde_json::{json, Value};
-use smtp_server::{Received, SmtpServer};
 
 /// The widget's site (tenant A's exact domain).
 const SITE: &str = ORIGIN_A;
