@@ -10,7 +10,6 @@
 //! It runs on its own threads, so it works the same under any test runtime.
 
 // Each test binary that includes this module uses a different part of it.
-#![allow(dead_code)]
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -54,16 +53,6 @@ impl Received {
             }
         }
         found
-    }
-
-    /// Every header name, in order, lowercase.
-    pub fn header_names(&self) -> Vec<String> {
-        let head = self.data.split("\r\n\r\n").next().unwrap_or("");
-        head.split("\r\n")
-            .filter(|line| !line.starts_with([' ', '\t']))
-            .filter_map(|line| line.split_once(':'))
-            .map(|(key, _)| key.to_ascii_lowercase())
-            .collect()
     }
 
     /// The body: everything after the blank line that ends the headers.

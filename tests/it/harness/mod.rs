@@ -12,7 +12,6 @@
 //!
 //! No read in this file can block forever: every socket has a read timeout, and running out
 //! of time panics with a message that says what was being waited for.
-#![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{ErrorKind, Read, Write};
@@ -230,7 +229,8 @@ fn drop_and_settle(proc: &mut Running) {
 
 /// The stub OpenAI upstream (`chatbot-proxy stub`).
 pub struct Stub {
-    proc: Running,
+    /// Held for its `Drop`: the stub process ends with the test.
+    _proc: Running,
     pub port: u16,
 }
 
@@ -269,7 +269,7 @@ impl Stub {
             cmd.args(["stub", "--listen", &format!("127.0.0.1:{port}")]);
             cmd
         });
-        Stub { proc, port }
+        Stub { _proc: proc, port }
     }
 
     /// The value for `[upstream] base_url` / `OPENAI_BASE_URL`.
@@ -768,10 +768,6 @@ impl Req {
 
     pub fn origin(self, origin: &str) -> Self {
         self.header("Origin", origin)
-    }
-
-    pub fn referer(self, referer: &str) -> Self {
-        self.header("Referer", referer)
     }
 
     pub fn json(self, body: &Value) -> Self {
