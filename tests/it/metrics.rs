@@ -9,7 +9,6 @@
 use std::time::{Duration, Instant};
 
 use crate::harness::*;
-use crate::smtp_server::SmtpServer;
 use serde_json::{json, Value};
 
 /// The tenant's site and name.
@@ -120,12 +119,14 @@ fn labels(line: &str) -> Vec<(String, String)> {
 
 #[test]
 fn the_metrics_endpoint_counts_requests_streams_errors_and_leads() {
-    let stub = Stub::start();
-    let smtp = SmtpServer::start();
     let metrics_port = free_port();
-    let proxy = Proxy::launch()
-        .toml(&metrics_toml(&stub, smtp.port(), metrics_port))
-        .start();
+    let Rig {
+        stub: _stub,
+        smtp,
+        proxy,
+    } = Setup::new()
+        .smtp()
+        .start_with_toml(|stub, smtp| metrics_toml(stub, smtp.port(), metrics_port));
 
     // Before any traffic: the endpoint answers, with the gauges and every error kind at 0.
     let first = scrape(metrics_port, "/metrics");

@@ -97,6 +97,8 @@ impl SmtpServer {
         let listener =
             TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind the test SMTP server");
         let port = listener.local_addr().unwrap().port();
+        // Tests run in parallel: while stopped, the port must not go to another test's process.
+        crate::harness::keep_port(port);
         let mut server = SmtpServer {
             port,
             shared: Arc::default(),

@@ -3,6 +3,8 @@
 //! Every test starts the real `chatbot-proxy` binary twice: once as the stub OpenAI upstream
 //! (`chatbot-proxy stub`) and once as the proxy, each on its own ephemeral port, and kills both
 //! when the test ends. The proxy's stdout and stderr are captured so tests can read its log.
+//! [`Setup`] starts the usual trio in one go: the stub, a test SMTP server if the test needs
+//! one, and a proxy configured with their addresses.
 //!
 //! Two HTTP clients are provided:
 //! - [`Req`] (built on `ureq`) for ordinary request/response exchanges;
@@ -25,6 +27,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 mod self_tests;
+mod setup;
+
+pub use setup::{Rig, Setup};
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_chatbot-proxy");
@@ -56,18 +61,30 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(15);
 // Processes
 // ---------------------------------------------------------------------------------------------
 
+/// The ports [`free_port`] must not return: every one it returned, and those a test server
+/// keeps for itself while it does not listen (see [`keep_port`]).
+fn handed_out() -> std::sync::MutexGuard<'static, HashSet<u16>> {
+    static HANDED_OUT: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
+    let set = HANDED_OUT.get_or_init(Default::default);
+    set.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// A port nobody listens on right now, never handed out twice by this test binary.
 pub fn free_port() -> u16 {
-    static HANDED_OUT: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
-    let handed_out = HANDED_OUT.get_or_init(Default::default);
     loop {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         let port = listener.local_addr().expect("local_addr").port();
         drop(listener);
-        if handed_out.lock().unwrap().insert(port) {
+        if handed_out().insert(port) {
             return port;
         }
     }
+}
+
+/// Keeps `port` (a test server's own, which it closes and opens again) from ever being
+/// returned by [`free_port`] to another test of this binary.
+pub fn keep_port(port: u16) {
+    handed_out().insert(port);
 }
 
 /// Everything a child process printed on stdout and stderr, interleaved as it arrived.
