@@ -1,9 +1,7 @@
 //! Request validation at the edge: body size, JSON shape, message length, thread id format,
 //! routes and methods. Every refusal is the contract's JSON error and reaches no upstream.
 
-mod common;
-
-use common::*;
+use crate::harness::*;
 use serde_json::{json, Value};
 
 fn process_message_path() -> String {

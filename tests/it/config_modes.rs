@@ -3,9 +3,7 @@
 //! and configuration errors that stop start-up with a message naming the key and line, and
 //! never the secret.
 
-mod common;
-
-use common::*;
+use crate::harness::*;
 use serde_json::json;
 
 /// The upstream calls made while creating a thread from `origin` must carry `key`.

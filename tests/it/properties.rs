@@ -28,7 +28,7 @@ use proptest::prelude::*;
 use proptest::sample::{select, Index};
 use serde_json::{json, Map, Value};
 
-#[path = "../src/config/dotenv.rs"]
+#[path = "../../src/config/dotenv.rs"]
 mod dotenv;
 
 /// `n` cases (or `PROPTEST_CASES`), and no regression files written beside the sources.

@@ -6,15 +6,12 @@
 //! response, responses that end badly, the upstream status mapping, and a widget-v1 smoke test.
 //! The widget's side does not change: same routes, same fields, same error codes.
 
-mod common;
-mod smtp_server;
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::harness::*;
+use crate::smtp_server::SmtpServer;
 use serde_json::{json, Value};
-use smtp_server::SmtpServer;
 
 // ---------------------------------------------------------------------------------------------
 // Tenants
@@ -1004,11 +1001,16 @@ timeout_ms = 5000
     )
 }
 
+/// The stub, a test SMTP server and a proxy configured by [`leads_toml`] with `leads`.
+fn start_with_leads(leads: &str) -> Rig<SmtpServer> {
+    Setup::new()
+        .smtp()
+        .start_with_toml(|stub, smtp| leads_toml(&stub.base_url(), smtp.port(), leads))
+}
+
 #[test]
 fn a_lead_function_call_is_emailed_and_answered_on_the_same_stream() {
-    let smtp = SmtpServer::start();
-    let stub = Stub::start();
-    let proxy = Proxy::start_with_toml(&leads_toml(&stub.base_url(), smtp.port(), ""));
+    let Rig { stub, smtp, proxy } = start_with_leads("");
     let conv = new_conversation(&proxy, ORIGIN_C);
     stub.clear_requests();
 
@@ -1091,13 +1093,7 @@ fn a_lead_function_call_is_emailed_and_answered_on_the_same_stream() {
 
 #[test]
 fn invalid_leads_and_leads_over_the_cap_are_answered_without_mail() {
-    let smtp = SmtpServer::start();
-    let stub = Stub::start();
-    let proxy = Proxy::start_with_toml(&leads_toml(
-        &stub.base_url(),
-        smtp.port(),
-        "max_per_conversation = 1",
-    ));
+    let Rig { stub, smtp, proxy } = start_with_leads("max_per_conversation = 1");
     let conv = new_conversation(&proxy, ORIGIN_C);
 
     let invalid = r#"[stub:tool_calls=[{"name":"sendEmail","arguments":"{\"name\":\"Ann\",\"email\":\"ann@\",\"message\":\"hi\"}"}]]"#;
@@ -1143,13 +1139,7 @@ fn invalid_leads_and_leads_over_the_cap_are_answered_without_mail() {
 
 #[test]
 fn tool_rounds_are_bounded() {
-    let smtp = SmtpServer::start();
-    let stub = Stub::start();
-    let proxy = Proxy::start_with_toml(&leads_toml(
-        &stub.base_url(),
-        smtp.port(),
-        "max_tool_rounds = 2",
-    ));
+    let Rig { stub, smtp, proxy } = start_with_leads("max_tool_rounds = 2");
     let weather =
         r#"[stub:tool_calls=[{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}]]"#;
     let declined = "The tool `get_weather` is not available in this chat. Continue without it.";

@@ -2,11 +2,9 @@
 //! with each tenant's own key and assistant, byte for byte and without buffering; and a client
 //! that goes away mid-stream.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 use serde_json::json;
 
 /// The event sequence of a plain text run (assistants-create-run-stream.sse), with the

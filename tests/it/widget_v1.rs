@@ -11,8 +11,6 @@
 //!   submitted, every failure path ending in `system.error` without hanging, env-only mode,
 //!   and a Responses API tenant.
 
-mod common;
-
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,10 +18,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
+use crate::harness::*;
 use chatbot_proxy::dialect::{Dialect, Signal};
 use chatbot_proxy::sse::SseParser;
 use chatbot_proxy::widget;
-use common::*;
 use serde_json::{json, Value};
 
 // ---------------------------------------------------------------------------------------------

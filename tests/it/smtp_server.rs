@@ -10,7 +10,6 @@
 //! It runs on its own threads, so it works the same under any test runtime.
 
 // Each test binary that includes this module uses a different part of it.
-#![allow(dead_code)]
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -56,16 +55,6 @@ impl Received {
         found
     }
 
-    /// Every header name, in order, lowercase.
-    pub fn header_names(&self) -> Vec<String> {
-        let head = self.data.split("\r\n\r\n").next().unwrap_or("");
-        head.split("\r\n")
-            .filter(|line| !line.starts_with([' ', '\t']))
-            .filter_map(|line| line.split_once(':'))
-            .map(|(key, _)| key.to_ascii_lowercase())
-            .collect()
-    }
-
     /// The body: everything after the blank line that ends the headers.
     pub fn body(&self) -> &str {
         self.data
@@ -108,6 +97,8 @@ impl SmtpServer {
         let listener =
             TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind the test SMTP server");
         let port = listener.local_addr().unwrap().port();
+        // Tests run in parallel: while stopped, the port must not go to another test's process.
+        crate::harness::keep_port(port);
         let mut server = SmtpServer {
             port,
             shared: Arc::default(),

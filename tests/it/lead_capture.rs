@@ -5,9 +5,6 @@
 //! same client response with a single final `done`. Also: delivery in the background while
 //! SMTP is down, across a `kill -9` of the proxy, and for 50 conversations at once.
 
-mod common;
-mod smtp_server;
-
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{Read, Write};
@@ -17,9 +14,9 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::harness::*;
+use crate::smtp_server::{Received, SmtpServer};
 use serde_json::{json, Value};
-use smtp_server::{Received, SmtpServer};
 
 /// The widget's site (tenant A's exact domain).
 const SITE: &str = ORIGIN_A;
@@ -64,10 +61,9 @@ lead_recipients = ["sales@shop.example.com", "owner@shop.example.com"]
     )
 }
 
-fn start_proxy(stub: &Stub, smtp_port: u16, leads: &str) -> Proxy {
-    Proxy::launch()
-        .toml(&lead_toml(stub, smtp_port, leads))
-        .start()
+/// The stub, the SMTP server of `setup` and a proxy configured by [`lead_toml`] with `leads`.
+fn start(setup: Setup<SmtpServer>, leads: &str) -> Rig<SmtpServer> {
+    setup.start_with_toml(|stub, smtp| lead_toml(stub, smtp.port(), leads))
 }
 
 /// The arguments string of a lead-tool call.
@@ -263,9 +259,7 @@ fn end_of_event(body: &[u8], name: &str) -> usize {
 
 #[test]
 fn a_lead_is_emailed_and_the_continuation_streams_on_the_same_response() {
-    let stub = Stub::start();
-    let smtp = SmtpServer::start();
-    let proxy = start_proxy(&stub, smtp.port(), "");
+    let Rig { stub, smtp, proxy } = start(Setup::new().smtp(), "");
     let thread_id = proxy.create_thread(SITE);
     let args = lead_args(
         "Ada Lovelace",
@@ -385,9 +379,7 @@ fn a_lead_is_emailed_and_the_continuation_streams_on_the_same_response() {
 
 #[test]
 fn two_tool_calls_are_answered_in_one_submission_in_order() {
-    let stub = Stub::start();
-    let smtp = SmtpServer::start();
-    let proxy = start_proxy(&stub, smtp.port(), "");
+    let Rig { stub, smtp, proxy } = start(Setup::new().smtp(), "");
     let thread_id = proxy.create_thread(SITE);
     let args = lead_args("Grace Hopper", "grace@example.org", "Quote for 3 seats");
     let message = tool_message(
@@ -425,9 +417,7 @@ fn two_tool_calls_are_answered_in_one_submission_in_order() {
 
 #[test]
 fn an_unknown_tool_is_declined_and_the_run_goes_on() {
-    let stub = Stub::start();
-    let smtp = SmtpServer::start();
-    let proxy = start_proxy(&stub, smtp.port(), "");
+    let Rig { stub, smtp, proxy } = start(Setup::new().smtp(), "");
     let thread_id = proxy.create_thread(SITE);
     stub.clear_requests();
 
@@ -458,9 +448,7 @@ fn an_unknown_tool_is_declined_and_the_run_goes_on() {
 
 #[test]
 fn invalid_lead_arguments_are_explained_and_nothing_is_sent_or_journaled() {
-    let stub = Stub::start();
-    let smtp = SmtpServer::start();
-    let proxy = start_proxy(&stub, smtp.port(), "");
+    let Rig { stub, smtp, proxy } = start(Setup::new().smtp(), "");
     let thread_id = proxy.create_thread(SITE);
 
     // 255 characters: one over the limit of an address.
@@ -526,10 +514,11 @@ fn invalid_lead_arguments_are_explained_and_nothing_is_sent_or_journaled() {
 
 #[test]
 fn a_lead_captured_while_smtp_is_stopped_is_queued_and_delivered_once_it_is_back() {
-    let stub = Stub::start();
-    let mut smtp = SmtpServer::start();
-    smtp.stop();
-    let proxy = start_proxy(&stub, smtp.port(), "");
+    let Rig {
+        stub: _stub,
+        mut smtp,
+        proxy,
+    } = start(Setup::new().smtp_stopped(), "");
     let thread_id = proxy.create_thread(SITE);
     let args = lead_args("Ada Lovelace", "ada@example.net", "Call me");
 
@@ -576,10 +565,11 @@ fn a_lead_captured_while_smtp_is_stopped_is_queued_and_delivered_once_it_is_back
 
 #[test]
 fn a_lead_refused_by_smtp_is_queued_and_delivered_once_it_accepts() {
-    let stub = Stub::start();
-    let smtp = SmtpServer::start();
-    smtp.refuse_mail("451 4.3.0 Try again later");
-    let proxy = start_proxy(&stub, smtp.port(), "");
+    let Rig {
+        stub: _stub,
+        smtp,
+        proxy,
+    } = start(Setup::new().smtp_refusing("451 4.3.0 Try again later"), "");
     let thread_id = proxy.create_thread(SITE);
     let args = lead_args("Grace Hopper", "grace@example.org", "Call me");
 
@@ -777,9 +767,7 @@ fn a_pending_lead_survives_kill_9_and_is_delivered_exactly_once_after_a_restart(
 #[test]
 fn fifty_concurrent_conversations_each_get_their_own_continuation_and_email() {
     const N: usize = 50;
-    let stub = Stub::start();
-    let smtp = SmtpServer::start();
-    let proxy = start_proxy(&stub, smtp.port(), "");
+    let Rig { stub, smtp, proxy } = start(Setup::new().smtp(), "");
     let address = |i: usize| format!("visitor-{i:02}@example.com");
     let name = |i: usize| format!("Visitor {i:02}");
 
@@ -879,9 +867,11 @@ fn fifty_concurrent_conversations_each_get_their_own_continuation_and_email() {
 
 #[test]
 fn a_second_lead_in_a_conversation_over_the_cap_is_refused() {
-    let stub = Stub::start();
-    let smtp = SmtpServer::start();
-    let proxy = start_proxy(&stub, smtp.port(), "max_per_conversation = 1");
+    let Rig {
+        stub: _stub,
+        smtp,
+        proxy,
+    } = start(Setup::new().smtp(), "max_per_conversation = 1");
     let thread_id = proxy.create_thread(SITE);
 
     let first = lead_args("Ada Lovelace", "ada@example.net", "First");
@@ -919,9 +909,11 @@ fn a_second_lead_in_a_conversation_over_the_cap_is_refused() {
 
 #[test]
 fn tool_rounds_beyond_the_limit_end_with_an_error_event() {
-    let stub = Stub::start();
-    let smtp = SmtpServer::start();
-    let proxy = start_proxy(&stub, smtp.port(), "max_tool_rounds = 2");
+    let Rig {
+        stub,
+        smtp: _smtp,
+        proxy,
+    } = start(Setup::new().smtp(), "max_tool_rounds = 2");
     let thread_id = proxy.create_thread(SITE);
     stub.clear_requests();
 

@@ -1,9 +1,7 @@
 //! Logging: one access line per request naming tenant, route and status; and no API key,
 //! SMTP password or `Authorization` value in any log line or response, even at trace level.
 
-mod common;
-
-use common::*;
+use crate::harness::*;
 use serde_json::json;
 
 /// True if `line` holds `status` as a whole token (not part of a longer number or word).

@@ -3,6 +3,8 @@
 //! Every test starts the real `chatbot-proxy` binary twice: once as the stub OpenAI upstream
 //! (`chatbot-proxy stub`) and once as the proxy, each on its own ephemeral port, and kills both
 //! when the test ends. The proxy's stdout and stderr are captured so tests can read its log.
+//! [`Setup`] starts the usual trio in one go: the stub, a test SMTP server if the test needs
+//! one, and a proxy configured with their addresses.
 //!
 //! Two HTTP clients are provided:
 //! - [`Req`] (built on `ureq`) for ordinary request/response exchanges;
@@ -12,7 +14,6 @@
 //!
 //! No read in this file can block forever: every socket has a read timeout, and running out
 //! of time panics with a message that says what was being waited for.
-#![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{ErrorKind, Read, Write};
@@ -24,6 +25,11 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+
+mod self_tests;
+mod setup;
+
+pub use setup::{Rig, Setup};
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_chatbot-proxy");
@@ -55,18 +61,30 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(15);
 // Processes
 // ---------------------------------------------------------------------------------------------
 
+/// The ports [`free_port`] must not return: every one it returned, and those a test server
+/// keeps for itself while it does not listen (see [`keep_port`]).
+fn handed_out() -> std::sync::MutexGuard<'static, HashSet<u16>> {
+    static HANDED_OUT: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
+    let set = HANDED_OUT.get_or_init(Default::default);
+    set.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// A port nobody listens on right now, never handed out twice by this test binary.
 pub fn free_port() -> u16 {
-    static HANDED_OUT: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
-    let handed_out = HANDED_OUT.get_or_init(Default::default);
     loop {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         let port = listener.local_addr().expect("local_addr").port();
         drop(listener);
-        if handed_out.lock().unwrap().insert(port) {
+        if handed_out().insert(port) {
             return port;
         }
     }
+}
+
+/// Keeps `port` (a test server's own, which it closes and opens again) from ever being
+/// returned by [`free_port`] to another test of this binary.
+pub fn keep_port(port: u16) {
+    handed_out().insert(port);
 }
 
 /// Everything a child process printed on stdout and stderr, interleaved as it arrived.
@@ -228,7 +246,8 @@ fn drop_and_settle(proc: &mut Running) {
 
 /// The stub OpenAI upstream (`chatbot-proxy stub`).
 pub struct Stub {
-    proc: Running,
+    /// Held for its `Drop`: the stub process ends with the test.
+    _proc: Running,
     pub port: u16,
 }
 
@@ -267,7 +286,7 @@ impl Stub {
             cmd.args(["stub", "--listen", &format!("127.0.0.1:{port}")]);
             cmd
         });
-        Stub { proc, port }
+        Stub { _proc: proc, port }
     }
 
     /// The value for `[upstream] base_url` / `OPENAI_BASE_URL`.
@@ -766,10 +785,6 @@ impl Req {
 
     pub fn origin(self, origin: &str) -> Self {
         self.header("Origin", origin)
-    }
-
-    pub fn referer(self, referer: &str) -> Self {
-        self.header("Referer", referer)
     }
 
     pub fn json(self, body: &Value) -> Self {

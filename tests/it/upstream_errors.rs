@@ -2,11 +2,9 @@
 //! starts (without echoing the upstream's answer), failures in the middle of a stream, runs that
 //! end badly, a thread that is busy, and no request that hangs.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::harness::*;
 
 /// A valid-looking thread id for routes that fail before the thread matters.
 const SOME_THREAD: &str = "thread_abc123";

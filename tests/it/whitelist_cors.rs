@@ -1,9 +1,7 @@
 //! Origin whitelist and CORS: which calling sites are served, which are refused with a 403
 //! before anything reaches the upstream, and the CORS headers on preflights and answers.
 
-mod common;
-
-use common::*;
+use crate::harness::*;
 use serde_json::json;
 
 fn create_thread_path() -> String {

@@ -2,14 +2,12 @@
 //! normalizer are checked against canned server answers, so a proxy test failing (or passing)
 //! is about the proxy and not about the harness.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::thread;
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 
 /// Serves one connection: reads the request head, then writes `pieces` with `pause`
 /// between them and closes.

@@ -2,18 +2,16 @@
 //! server in `smtp_server`), with its journal in a temporary directory and its background
 //! delivery service run on the test's runtime under a shutdown signal the test controls.
 
-mod smtp_server;
-
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::smtp_server::{Received, SmtpServer};
 use chatbot_proxy::config::{
     LeadSettings, Secret, SmtpSettings, SmtpTls, StreamFormat, Tenant, UpstreamApi,
 };
 use chatbot_proxy::leads::{LeadDesk, LeadSource};
 use pingora::services::background::BackgroundService;
-use smtp_server::{Received, SmtpServer};
 use tokio::sync::watch;
 
 const ADA: &str = r#"{"name":"Ada Lovelace","email":"ada@example.net","message":"Please call me about the engine.\nThanks!"}"#;

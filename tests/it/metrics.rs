@@ -6,14 +6,10 @@
 //! value is a route, a configured tenant or `-`, and no key, password, thread id, origin or
 //! visitor detail appears in it.
 
-mod common;
-mod smtp_server;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::harness::*;
 use serde_json::{json, Value};
-use smtp_server::SmtpServer;
 
 /// The tenant's site and name.
 const SITE: &str = ORIGIN_A;
@@ -123,12 +119,14 @@ fn labels(line: &str) -> Vec<(String, String)> {
 
 #[test]
 fn the_metrics_endpoint_counts_requests_streams_errors_and_leads() {
-    let stub = Stub::start();
-    let smtp = SmtpServer::start();
     let metrics_port = free_port();
-    let proxy = Proxy::launch()
-        .toml(&metrics_toml(&stub, smtp.port(), metrics_port))
-        .start();
+    let Rig {
+        stub: _stub,
+        smtp,
+        proxy,
+    } = Setup::new()
+        .smtp()
+        .start_with_toml(|stub, smtp| metrics_toml(stub, smtp.port(), metrics_port));
 
     // Before any traffic: the endpoint answers, with the gauges and every error kind at 0.
     let first = scrape(metrics_port, "/metrics");
