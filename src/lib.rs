@@ -19,6 +19,7 @@
 
 pub mod config;
 pub mod dialect;
+pub mod downstream;
 pub mod errors;
 pub mod leads;
 pub mod logging;

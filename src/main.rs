@@ -72,6 +72,7 @@ fn main() -> ExitCode {
                 threads,
                 grace_period_seconds: 0,
                 graceful_shutdown_timeout_seconds: 1,
+                timeouts: Default::default(),
             });
             server.add_service(stub::stub_service(&listen, Duration::from_millis(pace_ms)));
             log::info!("stub OpenAI API listening on http://{listen}/v1");

@@ -68,17 +68,13 @@ pub struct Relay<'s> {
 
 impl<'s> Relay<'s> {
     /// Write the event-stream header. `None` if the client is already gone. A client that
-    /// stops reading for longer than `write_timeout` is dropped, so it cannot pin an upstream
-    /// stream.
+    /// stops reading is dropped by the connection's stalled-reader limit
+    /// ([`crate::downstream`]), so it cannot pin an upstream stream.
     pub async fn start(
         session: &'s mut Session,
         cors_origin: Option<&str>,
         framing: Framing,
-        write_timeout: std::time::Duration,
     ) -> Option<Relay<'s>> {
-        session
-            .as_downstream_mut()
-            .set_write_timeout(Some(write_timeout));
         let chunked = !session.as_downstream().is_http2()
             && session.req_header().version != http::Version::HTTP_10;
         let header = respond::event_stream_header(cors_origin, chunked);

@@ -2,9 +2,10 @@
 //! beside it, when configured), and the demo set-up.
 
 use crate::config::{
-    Config, LeadSettings, Limits, Secret, ServerSettings, StreamFormat, Tenant, UpstreamApi,
-    UpstreamSettings,
+    ClientTimeouts, Config, LeadSettings, Limits, Secret, ServerSettings, StreamFormat, Tenant,
+    UpstreamApi, UpstreamSettings,
 };
+use crate::downstream::{GuardedHttp, Timeouts};
 use crate::metrics::MetricsEndpoint;
 use crate::proxy::{AppState, ChatbotProxy};
 use pingora::server::configuration::ServerConf;
@@ -42,15 +43,25 @@ pub fn add_proxy(server: &mut Server, config: Config) -> Result<(), String> {
         server.add_service(metrics);
         log::info!("metrics on http://{addr}/metrics");
     }
-    let mut service = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        ChatbotProxy::new(state),
-        "chatbot-proxy",
+    let timeouts = client_timeouts(&state.config.server.timeouts);
+    let proxy = pingora_proxy::http_proxy(&server.configuration, ChatbotProxy::new(state));
+    let mut service = pingora::services::listening::Service::new(
+        "chatbot-proxy".into(),
+        GuardedHttp::new(proxy, timeouts),
     );
     service.add_tcp(&listen);
     server.add_service(service);
     server.add_service(delivery);
     Ok(())
+}
+
+/// The connection deadlines of the browser side.
+fn client_timeouts(configured: &ClientTimeouts) -> Timeouts {
+    Timeouts {
+        keepalive: configured.keepalive,
+        header: configured.request_header,
+        stalled_reader: configured.stalled_reader,
+    }
 }
 
 /// The configuration of `chatbot-proxy demo`: one tenant for `localhost`, talking to the
@@ -63,6 +74,7 @@ pub fn demo_config(listen: &str, stub_listen: &str) -> Config {
             threads: 2,
             grace_period_seconds: 0,
             graceful_shutdown_timeout_seconds: 5,
+            timeouts: Default::default(),
         },
         upstream: UpstreamSettings {
             base_url: format!("http://{stub_listen}/v1"),
