@@ -26,6 +26,7 @@ pub mod logging;
 pub mod metrics;
 pub mod origin;
 pub mod proxy;
+pub mod redact;
 pub mod relay;
 pub mod request;
 pub mod respond;

@@ -267,6 +267,9 @@ impl ChatbotProxy {
                 bytes: 0,
             });
         };
+        if tenant.redact_run_objects {
+            relay.redact_run_objects();
+        }
         let _streaming = self.state.metrics.stream_started();
         let turn = Turn {
             state: &self.state,

@@ -108,6 +108,7 @@ pub fn demo_config(listen: &str, stub_listen: &str) -> Config {
             lead_recipients: vec!["owner@localhost".into()],
             lead_tool: "sendEmail".into(),
             stream_format: StreamFormat::OpenAi,
+            redact_run_objects: false,
         }],
         smtp: None,
         metrics_listen: None,

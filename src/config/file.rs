@@ -689,6 +689,7 @@ impl Doc<'_> {
             lead_recipients,
             lead_tool,
             stream_format,
+            redact_run_objects: false,
         })
     }
 

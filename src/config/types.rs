@@ -118,6 +118,9 @@ pub struct Tenant {
     pub lead_tool: String,
     /// How the event stream is framed for the browser.
     pub stream_format: StreamFormat,
+    /// Blank `instructions` and `tools` in the run objects of the `openai` stream format, so
+    /// the system prompt never reaches browsers (default off: the bytes pass unchanged).
+    pub redact_run_objects: bool,
 }
 
 /// The upstream API a tenant talks to.
