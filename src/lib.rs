@@ -17,10 +17,12 @@
 //!   `GET /metrics` on a listener of its own.
 //! - [`stub`]: a stand-in for OpenAI's API, for tests, the demo and benchmarks.
 
+pub mod client_addr;
 pub mod config;
 pub mod dialect;
 pub mod downstream;
 pub mod errors;
+pub mod handle;
 pub mod leads;
 pub mod logging;
 pub mod metrics;
