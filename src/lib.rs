@@ -28,6 +28,7 @@ pub mod logging;
 pub mod metrics;
 pub mod origin;
 pub mod proxy;
+pub mod rate;
 pub mod redact;
 pub mod relay;
 pub mod request;
