@@ -53,6 +53,7 @@ pub fn run(command: Command) -> ExitCode {
                 threads,
                 grace_period_seconds: 0,
                 graceful_shutdown_timeout_seconds: 1,
+                timeouts: Default::default(),
             });
             server.add_service(openai_stub::stub_service(
                 &listen,
@@ -92,6 +93,7 @@ fn demo_config(listen: &str, stub_listen: &str) -> Config {
             threads: 2,
             grace_period_seconds: 0,
             graceful_shutdown_timeout_seconds: 5,
+            timeouts: Default::default(),
         },
         upstream: UpstreamSettings {
             base_url: format!("http://{stub_listen}/v1"),
@@ -125,6 +127,7 @@ fn demo_config(listen: &str, stub_listen: &str) -> Config {
             lead_recipients: vec!["owner@localhost".into()],
             lead_tool: "sendEmail".into(),
             stream_format: StreamFormat::OpenAi,
+            redact_run_objects: false,
         }],
         smtp: None,
         metrics_listen: None,

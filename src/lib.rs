@@ -19,14 +19,19 @@
 //! The stand-in for OpenAI's API used by tests, the demo and benchmarks is a crate of its own
 //! (`stub/`, `openai_stub`), linked into the binary only with the default `stub` feature.
 
+pub mod client_addr;
 pub mod config;
 pub mod dialect;
+pub mod downstream;
 pub mod errors;
+pub mod handle;
 pub mod leads;
 pub mod logging;
 pub mod metrics;
 pub mod origin;
 pub mod proxy;
+pub mod rate;
+pub mod redact;
 pub mod relay;
 pub mod request;
 pub mod respond;

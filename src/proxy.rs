@@ -29,9 +29,6 @@ use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How long a browser may take to send its request body.
-const BODY_READ_TIMEOUT: Duration = Duration::from_secs(15);
-
 /// Everything the request handlers share; built once at start-up.
 pub struct AppState {
     pub config: Config,
@@ -242,7 +239,8 @@ impl ChatbotProxy {
     ) -> Result<Written, ApiError> {
         let dialect = Dialect::of(tenant);
         let limits = &self.state.config.limits;
-        let body = read_body(session, limits.max_body_bytes).await?;
+        let deadline = self.state.config.server.timeouts.request_body;
+        let body = read_body(session, limits.max_body_bytes, deadline).await?;
         let turn = parse_process_message(&body, limits.max_message_chars, dialect.id_rule())?;
         let _busy = self
             .state
@@ -262,15 +260,16 @@ impl ChatbotProxy {
             StreamFormat::WidgetV1 => Framing::WidgetV1(dialect),
         };
         let site = ctx.cors_origin.clone().unwrap_or_default();
-        let write_timeout = self.state.config.upstream.idle_timeout;
-        let Some(mut relay) = Relay::start(session, ctx.cors(), framing, write_timeout).await
-        else {
+        let Some(mut relay) = Relay::start(session, ctx.cors(), framing).await else {
             ctx.outcome = "client_gone";
             return Ok(Written {
                 status: 200,
                 bytes: 0,
             });
         };
+        if tenant.redact_run_objects {
+            relay.redact_run_objects();
+        }
         let _streaming = self.state.metrics.stream_started();
         let turn = Turn {
             state: &self.state,
@@ -329,8 +328,13 @@ impl ChatbotProxy {
     }
 }
 
-/// Read the request body, refusing more than `limit` bytes.
-async fn read_body(session: &mut Session, limit: usize) -> Result<bytes::Bytes, ApiError> {
+/// Read the request body, refusing more than `limit` bytes or taking longer than `deadline` in
+/// total (a body trickled a byte at a time must not hold the connection for days).
+async fn read_body(
+    session: &mut Session,
+    limit: usize,
+    deadline: Duration,
+) -> Result<bytes::Bytes, ApiError> {
     let declared = session
         .get_header("content-length")
         .and_then(|v| v.to_str().ok())
@@ -338,25 +342,32 @@ async fn read_body(session: &mut Session, limit: usize) -> Result<bytes::Bytes, 
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::body_too_large(limit));
     }
-    let mut body = BytesMut::new();
-    loop {
-        let chunk = tokio::time::timeout(BODY_READ_TIMEOUT, session.read_request_body())
+    let read_all = async {
+        let mut body = BytesMut::new();
+        while let Some(chunk) = session
+            .read_request_body()
             .await
-            .map_err(|_| {
-                ApiError::new(
-                    408,
-                    "request_timeout",
-                    "The request body was not received in time.",
-                )
-            })?
-            .map_err(|_| ApiError::invalid_request("The request body could not be read."))?;
-        let Some(chunk) = chunk else { break };
-        if body.len() + chunk.len() > limit {
-            return Err(ApiError::body_too_large(limit));
+            .map_err(|_| ApiError::invalid_request("The request body could not be read."))?
+        {
+            if body.len() + chunk.len() > limit {
+                return Err(ApiError::body_too_large(limit));
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
+        Ok(body.freeze())
+    };
+    match tokio::time::timeout(deadline, read_all).await {
+        Ok(body) => body,
+        Err(_) => {
+            // The rest of the body may still be on its way: never reuse this connection.
+            session.set_keepalive(None);
+            Err(ApiError::new(
+                408,
+                "request_timeout",
+                "The request body was not received in time.",
+            ))
+        }
     }
-    Ok(body.freeze())
 }
 
 /// A failed exchange (no usable answer) as the widget's error.

@@ -1,7 +1,8 @@
 //! The process: Pingora's server settings, and the proxy service (and the metrics endpoint
 //! beside it, when configured).
 
-use crate::config::{Config, ServerSettings};
+use crate::config::{ClientTimeouts, Config, ServerSettings};
+use crate::downstream::{GuardedHttp, Timeouts};
 use crate::metrics::MetricsEndpoint;
 use crate::proxy::{AppState, ChatbotProxy};
 use pingora::server::configuration::ServerConf;
@@ -38,13 +39,23 @@ pub fn add_proxy(server: &mut Server, config: Config) -> Result<(), String> {
         server.add_service(metrics);
         log::info!("metrics on http://{addr}/metrics");
     }
-    let mut service = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        ChatbotProxy::new(state),
-        "chatbot-proxy",
+    let timeouts = client_timeouts(&state.config.server.timeouts);
+    let proxy = pingora_proxy::http_proxy(&server.configuration, ChatbotProxy::new(state));
+    let mut service = pingora::services::listening::Service::new(
+        "chatbot-proxy".into(),
+        GuardedHttp::new(proxy, timeouts),
     );
     service.add_tcp(&listen);
     server.add_service(service);
     server.add_service(delivery);
     Ok(())
+}
+
+/// The connection deadlines of the browser side.
+fn client_timeouts(configured: &ClientTimeouts) -> Timeouts {
+    Timeouts {
+        keepalive: configured.keepalive,
+        header: configured.request_header,
+        stalled_reader: configured.stalled_reader,
+    }
 }

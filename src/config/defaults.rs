@@ -53,6 +53,7 @@ impl Default for ServerSettings {
             threads: THREADS,
             grace_period_seconds: GRACE_PERIOD_SECONDS,
             graceful_shutdown_timeout_seconds: GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS,
+            timeouts: Default::default(),
         }
     }
 }

@@ -147,6 +147,7 @@ pub fn from_env_map(env: &HashMap<String, String>) -> Result<Config, ConfigError
             lead_recipients: for_tenant(&recipients, i).unwrap_or_default(),
             lead_tool: lead_tool.clone(),
             stream_format,
+            redact_run_objects: false,
         });
     }
     let mut leads = LeadSettings::default();

@@ -54,6 +54,10 @@ struct RawServer {
     threads: Field,
     grace_period_seconds: Field,
     graceful_shutdown_timeout_seconds: Field,
+    keepalive_timeout_seconds: Field,
+    request_header_timeout_seconds: Field,
+    request_body_timeout_seconds: Field,
+    stalled_reader_timeout_seconds: Field,
 }
 
 #[derive(Deserialize)]
@@ -305,6 +309,31 @@ impl Doc<'_> {
             "server.graceful_shutdown_timeout_seconds",
             &check::SHUTDOWN_SECONDS,
             defaults::GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS,
+        )?;
+        let seconds = |field: &Field, key: &str, default: Duration| {
+            self.bounded(field, key, &check::SHUTDOWN_SECONDS, default.as_secs())
+                .map(Duration::from_secs)
+        };
+        let defaults = server.timeouts;
+        server.timeouts.keepalive = seconds(
+            &raw.keepalive_timeout_seconds,
+            "server.keepalive_timeout_seconds",
+            defaults.keepalive,
+        )?;
+        server.timeouts.request_header = seconds(
+            &raw.request_header_timeout_seconds,
+            "server.request_header_timeout_seconds",
+            defaults.request_header,
+        )?;
+        server.timeouts.request_body = seconds(
+            &raw.request_body_timeout_seconds,
+            "server.request_body_timeout_seconds",
+            defaults.request_body,
+        )?;
+        server.timeouts.stalled_reader = seconds(
+            &raw.stalled_reader_timeout_seconds,
+            "server.stalled_reader_timeout_seconds",
+            defaults.stalled_reader,
         )?;
         Ok(server)
     }
@@ -660,6 +689,7 @@ impl Doc<'_> {
             lead_recipients,
             lead_tool,
             stream_format,
+            redact_run_objects: false,
         })
     }
 
@@ -1151,6 +1181,7 @@ assistant_id = "asst_minimal"
                 threads: 2,
                 grace_period_seconds: 30,
                 graceful_shutdown_timeout_seconds: 10,
+                timeouts: Default::default(),
             }
         );
         let up = &config.upstream;

@@ -33,6 +33,7 @@ fn tenant() -> Tenant {
         ],
         lead_tool: "sendEmail".into(),
         stream_format: StreamFormat::OpenAi,
+        redact_run_objects: false,
     }
 }
 

@@ -8,6 +8,7 @@
 mod harness;
 mod smtp_server;
 
+mod client_timeouts;
 mod config_modes;
 mod lead_capture;
 mod lead_delivery;

@@ -773,6 +773,7 @@ fn tenant(name: String, domains: Vec<String>) -> Tenant {
         lead_recipients: vec![],
         lead_tool: "sendEmail".into(),
         stream_format: StreamFormat::OpenAi,
+        redact_run_objects: false,
     }
 }
 
