@@ -62,6 +62,29 @@ struct LeadLabels {
     result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// Why the proxy itself declined a lead delivery attempt, as the `reason` label of
+/// `lead_delivery_refused_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryRefusal {
+    /// The SMTP password would have gone over an unencrypted connection.
+    PlaintextAuth,
+}
+
+impl DeliveryRefusal {
+    pub const ALL: [DeliveryRefusal; 1] = [DeliveryRefusal::PlaintextAuth];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryRefusal::PlaintextAuth => "plaintext_auth",
+        }
+    }
+}
+
 /// Why an upstream exchange failed, as the `kind` label of `upstream_errors_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamErrorKind {
@@ -152,6 +175,7 @@ pub struct Metrics {
     upstream_errors: Family<KindLabels, Counter>,
     leads: Family<LeadLabels, Counter>,
     leads_pending: Gauge,
+    lead_delivery_refused: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -178,6 +202,12 @@ impl Metrics {
         }
         let leads = Family::<LeadLabels, Counter>::default();
         let leads_pending = Gauge::default();
+        let lead_delivery_refused = Family::<ReasonLabels, Counter>::default();
+        for reason in DeliveryRefusal::ALL {
+            let _ = lead_delivery_refused.get_or_create(&ReasonLabels {
+                reason: reason.as_str(),
+            });
+        }
         registry.register(
             "requests",
             "Widget requests answered, by route, tenant and status",
@@ -214,6 +244,11 @@ impl Metrics {
             "Leads journaled but not yet delivered",
             leads_pending.clone(),
         );
+        registry.register(
+            "lead_delivery_refused",
+            "Lead delivery attempts the proxy declined to make, by reason (the lead stays queued)",
+            lead_delivery_refused.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -223,6 +258,7 @@ impl Metrics {
             upstream_errors,
             leads,
             leads_pending,
+            lead_delivery_refused,
         }
     }
 
@@ -278,6 +314,15 @@ impl Metrics {
             .get_or_create(&LeadLabels {
                 tenant: tenant.to_string(),
                 result: result.as_str(),
+            })
+            .inc();
+    }
+
+    /// A lead delivery attempt the proxy declined to make.
+    pub fn lead_delivery_refused(&self, reason: DeliveryRefusal) {
+        self.lead_delivery_refused
+            .get_or_create(&ReasonLabels {
+                reason: reason.as_str(),
             })
             .inc();
     }
@@ -360,6 +405,8 @@ mod tests {
             r#"chatbot_proxy_upstream_errors_total{kind="broken"} 0"#,
             r#"chatbot_proxy_upstream_errors_total{kind="status_4xx"} 0"#,
             r#"chatbot_proxy_upstream_errors_total{kind="status_5xx"} 0"#,
+            "# TYPE chatbot_proxy_lead_delivery_refused counter",
+            r#"chatbot_proxy_lead_delivery_refused_total{reason="plaintext_auth"} 0"#,
         ] {
             assert!(lines(&text).contains(&series), "{series} missing:\n{text}");
         }
@@ -381,6 +428,7 @@ mod tests {
         metrics.lead("acme", LeadResult::Queued);
         metrics.lead("acme", LeadResult::Capped);
         metrics.lead("acme", LeadResult::Capped);
+        metrics.lead_delivery_refused(DeliveryRefusal::PlaintextAuth);
         let text = metrics.encode(7);
         let lines = lines(&text);
         for series in [
@@ -406,6 +454,7 @@ mod tests {
             r#"chatbot_proxy_leads_total{tenant="acme",result="queued"} 1"#,
             r#"chatbot_proxy_leads_total{tenant="acme",result="capped"} 2"#,
             "chatbot_proxy_leads_pending 7",
+            r#"chatbot_proxy_lead_delivery_refused_total{reason="plaintext_auth"} 1"#,
         ] {
             assert!(lines.contains(&series), "{series} missing:\n{text}");
         }

@@ -22,6 +22,7 @@ use super::journal::{unix_now, Journal, LeadRecord, Record};
 use super::lead::{self, Context};
 use super::mailer::Mailer;
 use super::outbox::Outbox;
+use crate::metrics::Metrics;
 
 /// Attempts the background service runs at once.
 const PARALLEL_ATTEMPTS: usize = 4;
@@ -47,11 +48,18 @@ pub struct Courier {
     /// Rung when the outbox's next due time may have moved earlier.
     wake: Notify,
     backoff: Backoff,
+    /// Counts the attempts the mailer declined to make.
+    metrics: Arc<Metrics>,
 }
 
 impl Courier {
     /// A courier for `pending` leads replayed from `journal`, all due now.
-    pub fn new(journal: Journal, pending: Vec<LeadRecord>, mailer: Option<Mailer>) -> Self {
+    pub fn new(
+        journal: Journal,
+        pending: Vec<LeadRecord>,
+        mailer: Option<Mailer>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let now = Instant::now();
         let mut outbox = Outbox::default();
         for record in pending {
@@ -64,6 +72,7 @@ impl Courier {
             mailer,
             wake: Notify::new(),
             backoff: Backoff::LEADS,
+            metrics,
         }
     }
 
@@ -169,9 +178,16 @@ impl Courier {
                 });
                 claim.settled = true;
                 self.wake.notify_one();
+                let what = match e.refusal() {
+                    Some(refusal) => {
+                        self.metrics.lead_delivery_refused(refusal);
+                        "refused by the proxy"
+                    }
+                    None => "failed",
+                };
                 log::warn!(
-                    "lead {} of tenant {}: delivery attempt {failures} failed: {e}; next \
-                     attempt in {:.1} s",
+                    "lead {} of tenant {}: delivery attempt {failures} {what}: {e}; the lead \
+                     stays queued, next attempt in {:.1} s",
                     record.id,
                     record.tenant,
                     delay.as_secs_f64()

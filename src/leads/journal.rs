@@ -8,6 +8,11 @@
 //! and the directory is flushed so the rename itself survives a crash. While running, the
 //! same compaction happens again once delivered leads make up most of a large file.
 //!
+//! Once the rename is done the journal always appends to the new file, even when flushing
+//! the directory fails (the old file has no name any more: records appended to it would
+//! vanish at the next start). That failure is a warning, and the directory is flushed again
+//! after each later append until it succeeds.
+//!
 //! One process per directory: the journal assumes it is the only writer.
 
 use std::collections::HashSet;
@@ -84,6 +89,10 @@ fn lock_dir(dir: &Path) -> Result<File, String> {
     }
 }
 
+/// How the directory is flushed after a compaction's rename: [`sync_dir`], or a failing
+/// stand-in in tests.
+type SyncDir = fn(&Path) -> Result<(), String>;
+
 /// The open journal, positioned for appending.
 #[derive(Debug)]
 pub struct Journal {
@@ -95,6 +104,10 @@ pub struct Journal {
     /// The pending leads' ids and lines, in order: what a compaction keeps.
     pending: Vec<(String, Vec<u8>)>,
     compact_over: u64,
+    sync_dir: SyncDir,
+    /// False after a compaction whose directory flush failed: the file's name may not survive
+    /// a crash of the machine yet, so the flush is tried again after each append.
+    dir_synced: bool,
     /// Held for the journal's life: one process per lead directory (see [`lock_dir`]).
     _lock: File,
 }
@@ -103,6 +116,11 @@ impl Journal {
     /// Opens (creating it if needed) the journal in `dir`, and returns it with the pending
     /// leads in capture order. The file is compacted to just those leads.
     pub fn open(dir: &Path) -> Result<(Journal, Vec<LeadRecord>), String> {
+        Journal::open_with(dir, sync_dir)
+    }
+
+    /// [`Journal::open`], flushing the directory with `sync_dir`.
+    fn open_with(dir: &Path, sync_dir: SyncDir) -> Result<(Journal, Vec<LeadRecord>), String> {
         fs::create_dir_all(dir).map_err(|e| {
             format!(
                 "cannot create the lead directory {}: {e}; create it or point leads.dir at \
@@ -127,16 +145,19 @@ impl Journal {
             .iter()
             .map(|lead| Ok((lead.id.clone(), encode(&Record::Lead(lead.clone()))?)))
             .collect::<Result<Vec<_>, String>>()?;
-        let (file, len) = rewrite(dir, &pending)?;
-        let journal = Journal {
+        let rewritten = rewrite(dir, &pending, sync_dir)?;
+        let mut journal = Journal {
             dir: dir.to_path_buf(),
             path,
-            file,
-            len,
+            file: rewritten.file,
+            len: rewritten.len,
             pending,
             compact_over: COMPACT_OVER_BYTES,
+            sync_dir,
+            dir_synced: true,
             _lock: lock,
         };
+        journal.note_dir_sync(rewritten.dir_synced);
         Ok((journal, leads))
     }
 
@@ -158,6 +179,13 @@ impl Journal {
             return Err(cannot_write(&self.path, &e));
         }
         self.len += line.len() as u64;
+        if !self.dir_synced && (self.sync_dir)(&self.dir).is_ok() {
+            self.dir_synced = true;
+            log::info!(
+                "lead directory {} flushed to disk: the compacted journal's name is durable now",
+                self.dir.display()
+            );
+        }
         match record {
             Record::Lead(lead) => self.pending.push((lead.id.clone(), line)),
             Record::Delivered { id, .. } => self.pending.retain(|(pending, _)| pending != id),
@@ -167,18 +195,36 @@ impl Journal {
     }
 
     /// Rewrites the file with just the pending leads when the delivered ones make up most of
-    /// a large file. A failure only leaves the file as long as it was.
+    /// a large file. A failure before the rename only leaves the file as long as it was;
+    /// after the rename the new file is used whatever happens.
     fn compact_if_worth_it(&mut self) {
         let pending_bytes: u64 = self.pending.iter().map(|(_, line)| line.len() as u64).sum();
         if self.len < self.compact_over || self.len < 2 * pending_bytes {
             return;
         }
-        match rewrite(&self.dir, &self.pending) {
-            Ok((file, len)) => {
-                self.file = file;
-                self.len = len;
+        match rewrite(&self.dir, &self.pending, self.sync_dir) {
+            Ok(rewritten) => {
+                self.file = rewritten.file;
+                self.len = rewritten.len;
+                self.note_dir_sync(rewritten.dir_synced);
             }
             Err(e) => log::warn!("lead journal not compacted: {e}"),
+        }
+    }
+
+    /// Records how the directory flush after a compaction went, warning when it failed.
+    fn note_dir_sync(&mut self, flushed: Result<(), String>) {
+        match flushed {
+            Ok(()) => self.dir_synced = true,
+            Err(e) => {
+                self.dir_synced = false;
+                log::warn!(
+                    "lead journal {} compacted, but {e}; records go to the compacted file, and \
+                     the flush is tried again after each record until it succeeds (until then a \
+                     crash of the machine, not of the proxy, could lose recent records)",
+                    self.path.display()
+                );
+            }
         }
     }
 }
@@ -241,11 +287,25 @@ pub fn replay(bytes: &[u8], path: &Path) -> Vec<LeadRecord> {
     leads
 }
 
+/// A journal file written by [`rewrite`] and renamed into place.
+struct Rewritten {
+    /// The new file, open for appending (the handle stays valid across the rename).
+    file: File,
+    /// Its length.
+    len: u64,
+    /// Whether the directory was flushed after the rename (an error says why not).
+    dir_synced: Result<(), String>,
+}
+
 /// Replaces the journal in `dir` with one holding just the `pending` lines, durably: they
-/// go to a new file, flushed, renamed over the journal, and the directory is flushed. The
-/// new file's handle (open for appending) stays valid across the rename, so it is returned
-/// with the file's length.
-fn rewrite(dir: &Path, pending: &[(String, Vec<u8>)]) -> Result<(File, u64), String> {
+/// go to a new file, flushed, renamed over the journal, and the directory is flushed with
+/// `sync_dir`. An error means the journal is unchanged; once the rename is done the new
+/// file is returned, with the outcome of the directory flush.
+fn rewrite(
+    dir: &Path,
+    pending: &[(String, Vec<u8>)],
+    sync_dir: SyncDir,
+) -> Result<Rewritten, String> {
     let target = dir.join(FILE_NAME);
     let temporary = dir.join(COMPACTING_NAME);
     match fs::remove_file(&temporary) {
@@ -268,8 +328,11 @@ fn rewrite(dir: &Path, pending: &[(String, Vec<u8>)]) -> Result<(File, u64), Str
             target.display()
         )
     })?;
-    sync_dir(dir)?;
-    Ok((file, len))
+    Ok(Rewritten {
+        file,
+        len,
+        dir_synced: sync_dir(dir),
+    })
 }
 
 /// Creates a new file for appending that only the owner can read: it holds visitors'
@@ -491,6 +554,81 @@ mod tests {
 
         let (_, pending) = Journal::open(dir.path()).unwrap();
         assert_eq!(ids(&pending), ["lead_42", "lead_last"]);
+    }
+
+    /// A directory flush that always fails, as on a failing disk.
+    fn failing_sync(dir: &Path) -> Result<(), String> {
+        Err(format!("cannot flush {} (injected failure)", dir.display()))
+    }
+
+    /// The lead ids in the journal file on disk, in order.
+    fn lead_ids_on_disk(dir: &Path) -> Vec<String> {
+        lines(dir)
+            .iter()
+            .filter_map(|line| match serde_json::from_str(line).unwrap() {
+                Record::Lead(lead) => Some(lead.id),
+                Record::Delivered { .. } => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn after_a_failed_directory_flush_appends_go_to_the_compacted_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut journal, _) = Journal::open(dir.path()).unwrap();
+        journal.sync_dir = failing_sync;
+        journal.compact_over = 2_000;
+        for i in 0..20 {
+            let id = format!("lead_{i}");
+            journal.append(&Record::Lead(record(&id))).unwrap();
+            if i != 7 {
+                journal.append(&delivered(&id)).unwrap();
+            }
+        }
+        // Compaction ran (the rename replaced the file) although every flush failed...
+        assert!(!journal.dir_synced);
+        let size = fs::metadata(journal.path()).unwrap().len();
+        assert!(size < 2_500, "{size} bytes: not compacted");
+        // ...and later records land in the file that has the journal's name.
+        journal.append(&Record::Lead(record("lead_after"))).unwrap();
+        assert_eq!(journal.len, fs::metadata(journal.path()).unwrap().len());
+        assert_eq!(lead_ids_on_disk(dir.path()), ["lead_7", "lead_after"]);
+        drop(journal);
+
+        let (_, pending) = Journal::open(dir.path()).unwrap();
+        assert_eq!(ids(&pending), ["lead_7", "lead_after"]);
+    }
+
+    #[test]
+    fn a_failed_directory_flush_on_open_still_opens_the_compacted_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut journal, _) = Journal::open(dir.path()).unwrap();
+        journal.append(&Record::Lead(record("lead_1"))).unwrap();
+        journal.append(&Record::Lead(record("lead_2"))).unwrap();
+        journal.append(&delivered("lead_1")).unwrap();
+        drop(journal);
+
+        let (mut journal, pending) = Journal::open_with(dir.path(), failing_sync).unwrap();
+        assert_eq!(ids(&pending), ["lead_2"]);
+        assert!(!journal.dir_synced);
+        journal.append(&Record::Lead(record("lead_3"))).unwrap();
+        assert_eq!(lead_ids_on_disk(dir.path()), ["lead_2", "lead_3"]);
+        drop(journal);
+
+        let (_, pending) = Journal::open(dir.path()).unwrap();
+        assert_eq!(ids(&pending), ["lead_2", "lead_3"]);
+    }
+
+    #[test]
+    fn the_directory_flush_is_retried_after_appends_until_it_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut journal, _) = Journal::open_with(dir.path(), failing_sync).unwrap();
+        assert!(!journal.dir_synced);
+        journal.append(&Record::Lead(record("lead_1"))).unwrap();
+        assert!(!journal.dir_synced, "the injected failure persists");
+        journal.sync_dir = sync_dir;
+        journal.append(&Record::Lead(record("lead_2"))).unwrap();
+        assert!(journal.dir_synced);
     }
 
     #[test]

@@ -89,7 +89,7 @@ impl LeadDesk {
             );
         }
         Ok(Arc::new(LeadDesk {
-            courier: Arc::new(Courier::new(journal, pending, mailer)),
+            courier: Arc::new(Courier::new(journal, pending, mailer, Arc::clone(&metrics))),
             caps: Mutex::new(Caps::new(
                 settings.max_per_conversation,
                 settings.max_per_tenant_per_hour,

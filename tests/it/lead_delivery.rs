@@ -1,6 +1,12 @@
 //! Lead capture end to end: `LeadDesk` against a real SMTP exchange over TCP (the test
 //! server in `smtp_server`), with its journal in a temporary directory and its background
 //! delivery service run on the test's runtime under a shutdown signal the test controls.
+//!
+//! The SMTP password's protection also goes through the real binary: with
+//! `CHATBOT_PROXY_SMTP_LOOPBACK_IS_REMOTE=1` the test server on 127.0.0.1 counts as remote,
+//! so `opportunistic` without STARTTLS must refuse to log in (no AUTH reaches the server, the
+//! lead stays queued, a log line and `lead_delivery_refused_total` say why), while
+//! `tls = "none"` logs in, and without the variable loopback is trusted as before.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,6 +19,10 @@ use chatbot_proxy::config::{
 use chatbot_proxy::leads::{LeadDesk, LeadSource};
 use pingora::services::background::BackgroundService;
 use tokio::sync::watch;
+
+use crate::harness::{
+    delta_text, eventually, free_port, Proxy, Req, Stub, ASSISTANT_A, KEY_A, ORIGIN_A,
+};
 
 const ADA: &str = r#"{"name":"Ada Lovelace","email":"ada@example.net","message":"Please call me about the engine.\nThanks!"}"#;
 const SENT: &str = "The message was sent to the team. They will reply to ada@example.net.";
@@ -420,4 +430,280 @@ async fn a_tenant_without_recipients_keeps_its_leads_without_retrying() {
     assert!(server.received().is_empty());
     assert_eq!(desk.pending_count(), 1);
     service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opportunistic_tls_to_a_loopback_server_without_starttls_logs_in_and_delivers() {
+    let server = SmtpServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut smtp = smtp(&server);
+    smtp.tls = SmtpTls::Opportunistic;
+    let desk = LeadDesk::open(&settings(dir.path()), Some(&smtp)).unwrap();
+    let tenant = tenant();
+
+    assert_eq!(
+        desk.capture(&source(&tenant, "thread_abc"), ADA).await,
+        SENT
+    );
+    let received = server.received();
+    assert_eq!(received.len(), 1);
+    assert_eq!(
+        received[0].auth,
+        Some(("bot@example.com".into(), "s3cret".into()))
+    );
+    assert_eq!(desk.pending_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_starttls_that_fails_is_never_followed_by_a_plain_text_login() {
+    // Even on loopback: a server that offers STARTTLS and then fails it is a failure (retried
+    // later), never a reason to go on unencrypted.
+    let server = SmtpServer::start();
+    server.offer_broken_starttls();
+    let dir = tempfile::tempdir().unwrap();
+    let mut smtp = smtp(&server);
+    smtp.tls = SmtpTls::Opportunistic;
+    let desk = LeadDesk::open(&settings(dir.path()), Some(&smtp)).unwrap();
+    let tenant = tenant();
+
+    assert_eq!(
+        desk.capture(&source(&tenant, "thread_abc"), ADA).await,
+        QUEUED
+    );
+    assert_eq!(desk.pending_count(), 1);
+    let sessions = server.sessions();
+    assert!(!sessions.is_empty());
+    for session in &sessions {
+        assert_eq!(&session[..2], ["EHLO", "STARTTLS"], "{sessions:?}");
+        assert!(
+            !session.iter().any(|verb| verb == "AUTH" || verb == "MAIL"),
+            "{sessions:?}"
+        );
+    }
+    assert!(server.received().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The SMTP password through the real binary
+// ---------------------------------------------------------------------------------------------
+
+const LOOPBACK_IS_REMOTE: &str = "CHATBOT_PROXY_SMTP_LOOPBACK_IS_REMOTE";
+const BINARY_SMTP_PASSWORD: &str = "binary-smtp-Pa55";
+const REFUSED_SERIES: &str =
+    r#"chatbot_proxy_lead_delivery_refused_total{reason="plaintext_auth"}"#;
+
+/// One tenant (`shop.example.com`) whose leads go to the test SMTP server with `tls`, with a
+/// login or without; the metrics endpoint on `metrics_port`.
+fn binary_toml(stub: &Stub, smtp_port: u16, metrics_port: u16, tls: &str, login: bool) -> String {
+    let login = if login {
+        format!("user = \"bot@example.com\"\npassword = \"{BINARY_SMTP_PASSWORD}\"\n")
+    } else {
+        String::new()
+    };
+    format!(
+        r#"[server]
+metrics_listen = "127.0.0.1:{metrics_port}"
+
+[upstream]
+base_url = "{base}"
+
+[smtp]
+host = "127.0.0.1"
+port = {smtp_port}
+{login}tls = "{tls}"
+from = "AI Bot <bot@example.com>"
+timeout_ms = 3000
+
+[[tenants]]
+name = "shop"
+domains = ["shop.example.com"]
+api_key = "{KEY_A}"
+assistant_id = "{ASSISTANT_A}"
+lead_recipients = ["sales@shop.example.com"]
+"#,
+        base = stub.base_url()
+    )
+}
+
+/// A visitor leaves a lead through the widget API; returns the tool output the assistant got.
+fn leave_a_lead(proxy: &Proxy) -> String {
+    let thread_id = proxy.create_thread(ORIGIN_A);
+    let call = serde_json::json!([{"name": "sendEmail", "arguments": ADA}]);
+    let stream = proxy.send_message(
+        ORIGIN_A,
+        &thread_id,
+        &format!("[stub:tool_calls={call}] hi"),
+    );
+    assert_eq!(stream.status, 200, "{}", stream.text());
+    let text = delta_text(&stream.events());
+    text.strip_prefix("Tool output: ")
+        .unwrap_or_else(|| panic!("no tool output in the continuation: {text:?}"))
+        .to_string()
+}
+
+/// The value of `series` in a scrape of the metrics endpoint.
+fn metric(metrics_port: u16, series: &str) -> Option<f64> {
+    let resp = Req::new("GET", &format!("http://127.0.0.1:{metrics_port}/metrics")).send();
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    resp.body.lines().find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok())?
+    })
+}
+
+/// The journal's records, as JSON values.
+fn journal_records(proxy: &Proxy) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(proxy.working_dir().join("data/leads.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+/// Whether any session of `server` logged in.
+fn any_auth(server: &SmtpServer) -> bool {
+    server
+        .sessions()
+        .iter()
+        .any(|session| session.iter().any(|verb| verb == "AUTH"))
+}
+
+#[test]
+fn opportunistic_tls_to_a_remote_server_without_starttls_never_sends_the_password() {
+    let stub = Stub::start();
+    let server = SmtpServer::start();
+    let metrics_port = free_port();
+    let proxy = Proxy::launch()
+        .toml(&binary_toml(
+            &stub,
+            server.port(),
+            metrics_port,
+            "opportunistic",
+            true,
+        ))
+        .env(LOOPBACK_IS_REMOTE, "1")
+        .start();
+
+    assert_eq!(leave_a_lead(&proxy), QUEUED);
+    // The first attempt and a retry (about a second later) reached the server...
+    assert!(
+        eventually(Duration::from_secs(10), || server.sessions().len() >= 2),
+        "no retry: {:?}",
+        server.sessions()
+    );
+    // ...and neither went further than EHLO: no AUTH, no MAIL, nothing delivered.
+    let sessions = server.sessions();
+    for session in &sessions {
+        assert_eq!(
+            session.first().map(String::as_str),
+            Some("EHLO"),
+            "{sessions:?}"
+        );
+        assert!(
+            !session.iter().any(|verb| verb == "AUTH" || verb == "MAIL"),
+            "{sessions:?}"
+        );
+    }
+    assert!(server.received().is_empty());
+
+    // The lead stays queued in the journal.
+    let records = journal_records(&proxy);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["type"], "lead");
+
+    // The log and the metrics say why; the password appears in neither.
+    let lines = proxy.wait_for_log_lines(2, |line| line.contains("refused by the proxy"));
+    assert!(lines.len() >= 2, "{}", proxy.logs());
+    assert!(
+        lines[0].contains("not encrypted") && lines[0].contains("stays queued"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || metric(
+            metrics_port,
+            REFUSED_SERIES
+        )
+        .is_some_and(|refused| refused >= 2.0)),
+        "{REFUSED_SERIES}: {:?}",
+        metric(metrics_port, REFUSED_SERIES)
+    );
+    assert!(!proxy.logs().contains(BINARY_SMTP_PASSWORD));
+    assert!(!any_auth(&server));
+}
+
+#[test]
+fn tls_none_sends_the_password_in_plain_text_as_chosen() {
+    let stub = Stub::start();
+    let server = SmtpServer::start();
+    let metrics_port = free_port();
+    let proxy = Proxy::launch()
+        .toml(&binary_toml(
+            &stub,
+            server.port(),
+            metrics_port,
+            "none",
+            true,
+        ))
+        .env(LOOPBACK_IS_REMOTE, "1")
+        .start();
+
+    assert_eq!(leave_a_lead(&proxy), SENT);
+    let received = server.received();
+    assert_eq!(received.len(), 1);
+    assert_eq!(
+        received[0].auth,
+        Some(("bot@example.com".into(), BINARY_SMTP_PASSWORD.into()))
+    );
+    assert!(any_auth(&server));
+    assert_eq!(metric(metrics_port, REFUSED_SERIES), Some(0.0));
+}
+
+#[test]
+fn opportunistic_tls_without_a_login_sends_to_a_remote_server_without_starttls() {
+    let stub = Stub::start();
+    let server = SmtpServer::start();
+    let metrics_port = free_port();
+    let proxy = Proxy::launch()
+        .toml(&binary_toml(
+            &stub,
+            server.port(),
+            metrics_port,
+            "opportunistic",
+            false,
+        ))
+        .env(LOOPBACK_IS_REMOTE, "1")
+        .start();
+
+    assert_eq!(leave_a_lead(&proxy), SENT);
+    let received = server.received();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].auth, None);
+    assert!(!any_auth(&server));
+    assert_eq!(metric(metrics_port, REFUSED_SERIES), Some(0.0));
+}
+
+#[test]
+fn opportunistic_tls_to_a_loopback_server_logs_in_by_default() {
+    let stub = Stub::start();
+    let server = SmtpServer::start();
+    let metrics_port = free_port();
+    let proxy = Proxy::launch()
+        .toml(&binary_toml(
+            &stub,
+            server.port(),
+            metrics_port,
+            "opportunistic",
+            true,
+        ))
+        .start();
+
+    assert_eq!(leave_a_lead(&proxy), SENT);
+    let received = server.received();
+    assert_eq!(received.len(), 1);
+    assert_eq!(
+        received[0].auth,
+        Some(("bot@example.com".into(), BINARY_SMTP_PASSWORD.into()))
+    );
+    assert_eq!(metric(metrics_port, REFUSED_SERIES), Some(0.0));
 }

@@ -3,9 +3,10 @@
 //! It speaks just enough of the protocol for a real client: EHLO (advertising
 //! `AUTH PLAIN LOGIN`, no STARTTLS), HELO, AUTH PLAIN and LOGIN (any credentials accepted
 //! and recorded), MAIL FROM, RCPT TO, DATA (dot-unstuffed), RSET, NOOP and QUIT. Every
-//! accepted message is recorded as a [`Received`]. A test can make it refuse MAIL FROM with
-//! a given reply, delay its answer to the end of DATA, or stop it and start it again on the
-//! same port (connections are then refused in between).
+//! accepted message is recorded as a [`Received`], and the commands of every session (verbs
+//! only) in [`SmtpServer::sessions`]. A test can make it refuse MAIL FROM with a given reply,
+//! delay its answer to the end of DATA, advertise STARTTLS but fail it (it has no TLS), or
+//! stop it and start it again on the same port (connections are then refused in between).
 //!
 //! It runs on its own threads, so it works the same under any test runtime.
 
@@ -70,12 +71,16 @@ struct Behaviour {
     refuse_mail: Option<String>,
     /// How long to wait before answering the end of DATA.
     data_delay: Duration,
+    /// Advertise STARTTLS in EHLO (and answer the command `454`: there is no TLS here).
+    offer_starttls: bool,
 }
 
 #[derive(Debug, Default)]
 struct Shared {
     received: Mutex<Vec<Received>>,
     behaviour: Mutex<Behaviour>,
+    /// The command verbs of every session, in order, upper-case.
+    sessions: Mutex<Vec<Vec<String>>>,
 }
 
 /// The accept loop of a started server.
@@ -151,9 +156,21 @@ impl SmtpServer {
         self.behaviour().data_delay = delay;
     }
 
+    /// Advertises STARTTLS in its EHLO answer, and answers the STARTTLS command with
+    /// `454 4.7.0 TLS not available` (the server has no TLS).
+    pub fn offer_broken_starttls(&self) {
+        self.behaviour().offer_starttls = true;
+    }
+
     /// The messages accepted so far.
     pub fn received(&self) -> Vec<Received> {
         self.shared.received.lock().unwrap().clone()
+    }
+
+    /// The command verbs (upper-case, without arguments) of every session so far, one list
+    /// per connection in the order they were accepted.
+    pub fn sessions(&self) -> Vec<Vec<String>> {
+        self.shared.sessions.lock().unwrap().clone()
     }
 
     fn behaviour(&self) -> std::sync::MutexGuard<'_, Behaviour> {
@@ -193,6 +210,8 @@ fn accept_loop(listener: TcpListener, stop: &AtomicBool, shared: &Arc<Shared>) {
 /// One SMTP session: the state of the transaction under way.
 struct Session<'a> {
     shared: &'a Shared,
+    /// This session's index in `shared.sessions`.
+    index: usize,
     auth: Option<(String, String)>,
     mail_from: Option<String>,
     rcpt_to: Vec<String>,
@@ -200,8 +219,14 @@ struct Session<'a> {
 
 impl<'a> Session<'a> {
     fn new(shared: &'a Shared) -> Self {
+        let index = {
+            let mut sessions = shared.sessions.lock().unwrap();
+            sessions.push(Vec::new());
+            sessions.len() - 1
+        };
         Session {
             shared,
+            index,
             auth: None,
             mail_from: None,
             rcpt_to: Vec::new(),
@@ -215,8 +240,18 @@ impl<'a> Session<'a> {
         send(&mut output, "220 smtp.test ESMTP ready")?;
         while let Some(line) = read_line(&mut input)? {
             let (verb, rest) = line.split_once(' ').unwrap_or((&line, ""));
-            match verb.to_ascii_uppercase().as_str() {
+            let verb = verb.to_ascii_uppercase();
+            self.shared.sessions.lock().unwrap()[self.index].push(verb.clone());
+            let offer_starttls = self.shared.behaviour.lock().unwrap().offer_starttls;
+            match verb.as_str() {
+                "EHLO" if offer_starttls => send(
+                    &mut output,
+                    "250-smtp.test\r\n250-STARTTLS\r\n250 AUTH PLAIN LOGIN",
+                )?,
                 "EHLO" => send(&mut output, "250-smtp.test\r\n250 AUTH PLAIN LOGIN")?,
+                "STARTTLS" if offer_starttls => {
+                    send(&mut output, "454 4.7.0 TLS not available")?;
+                }
                 "HELO" => send(&mut output, "250 smtp.test")?,
                 "AUTH" => self.auth(rest, &mut input, &mut output)?,
                 "MAIL" => self.mail(rest, &mut output)?,
@@ -432,6 +467,42 @@ fn the_test_server_records_a_session() {
             rcpt_to: vec!["a@example.com".into(), "b@example.com".into()],
             data: "Subject: hi\r\n\r\n.leading dot\r\n".into(),
         }]
+    );
+    assert_eq!(
+        server.sessions(),
+        [["EHLO", "AUTH", "MAIL", "RCPT", "RCPT", "DATA", "QUIT"]]
+    );
+}
+
+#[test]
+fn the_test_server_can_offer_starttls_and_fail_it() {
+    let server = SmtpServer::start();
+    let plain = chat(server.port(), &["EHLO c", "STARTTLS", "QUIT"]);
+    assert_eq!(&plain[2][..3], "502", "no STARTTLS by default");
+    server.offer_broken_starttls();
+    let stream = TcpStream::connect((Ipv4Addr::LOCALHOST, server.port())).unwrap();
+    let mut input = BufReader::new(stream.try_clone().unwrap());
+    let mut output = stream;
+    read_line(&mut input).unwrap();
+    send(&mut output, "EHLO c").unwrap();
+    let mut ehlo = Vec::new();
+    loop {
+        let line = read_line(&mut input).unwrap().unwrap();
+        let last = line.as_bytes().get(3) == Some(&b' ');
+        ehlo.push(line);
+        if last {
+            break;
+        }
+    }
+    assert!(ehlo.contains(&"250-STARTTLS".to_string()), "{ehlo:?}");
+    send(&mut output, "STARTTLS").unwrap();
+    assert_eq!(
+        read_line(&mut input).unwrap().unwrap(),
+        "454 4.7.0 TLS not available"
+    );
+    assert_eq!(
+        server.sessions(),
+        [vec!["EHLO", "STARTTLS", "QUIT"], vec!["EHLO", "STARTTLS"]]
     );
 }
 
