@@ -112,6 +112,7 @@ fn demo_config(listen: &str, stub_listen: &str) -> Config {
             first_byte_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(60),
             pool_idle_timeout: Duration::from_secs(90),
+            ..UpstreamSettings::default()
         },
         limits: Limits {
             max_body_bytes: 32 * 1024,

@@ -90,6 +90,12 @@ pub struct UpstreamSettings {
     pub idle_timeout: Duration,
     /// How long an idle pooled upstream connection is kept.
     pub pool_idle_timeout: Duration,
+    /// Connect timeout of one address when there are several (at most `connect_timeout`,
+    /// which bounds the whole attempt; the last address gets whatever is left of it).
+    pub address_connect_timeout: Duration,
+    /// Static addresses of `host`, tried in this order instead of resolving it (`[upstream]
+    /// resolve`, `OPENAI_RESOLVE`, like curl's `--resolve`); empty: resolve by DNS.
+    pub resolve: Vec<std::net::IpAddr>,
 }
 
 /// Limits on requests from browsers.

@@ -17,6 +17,7 @@ mod metrics;
 mod properties;
 mod responses_api;
 mod threads_and_streams;
+mod upstream_addresses;
 mod upstream_errors;
 mod validation;
 mod whitelist_cors;
