@@ -4,7 +4,7 @@
 use crate::config::{ClientTimeouts, Config, ServerSettings};
 use crate::downstream::{GuardedHttp, Timeouts};
 use crate::metrics::MetricsEndpoint;
-use crate::proxy::{AppState, ChatbotProxy};
+use crate::proxy::ChatbotProxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 
@@ -24,10 +24,10 @@ pub fn pingora_server(settings: &ServerSettings) -> Server {
 
 /// Add the proxy service for `config`, and beside it the lead delivery service and, when
 /// `metrics_listen` is configured, the metrics endpoint, to `server`.
-pub fn add_proxy(server: &mut Server, config: Config) -> Result<(), String> {
+pub fn add_proxy(server: &mut Server, config: Config) -> Result<(), crate::app::StartError> {
     let listen = config.server.listen.clone();
     let metrics_listen = config.metrics_listen.clone();
-    let state = AppState::new(config)?;
+    let state = crate::app::AppState::new(config)?;
     let delivery = pingora::services::background::background_service(
         "lead delivery",
         state.leads.delivery_service(),
