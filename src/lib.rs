@@ -32,6 +32,7 @@ pub mod routes;
 pub mod runs;
 pub mod server;
 pub mod sse;
+pub mod store;
 pub mod stub;
 pub mod tenant;
 pub mod turn;

@@ -152,6 +152,7 @@ pub struct Metrics {
     upstream_errors: Family<KindLabels, Counter>,
     leads: Family<LeadLabels, Counter>,
     leads_pending: Gauge,
+    store_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -214,6 +215,12 @@ impl Metrics {
             "Leads journaled but not yet delivered",
             leads_pending.clone(),
         );
+        let store_errors = Counter::default();
+        registry.register(
+            "store_errors",
+            "Failed calls to Redis, served by the in-process store instead (outage probes included)",
+            store_errors.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -223,7 +230,13 @@ impl Metrics {
             upstream_errors,
             leads,
             leads_pending,
+            store_errors,
         }
+    }
+
+    /// `store_errors_total`, for [`Store::with_redis`](crate::store::Store::with_redis).
+    pub fn store_errors(&self) -> Counter {
+        self.store_errors.clone()
     }
 
     /// One answered request: `route` and `tenant` as in the access log (`-` when unknown).
