@@ -21,9 +21,10 @@
 //! - `downstream`: deadlines on the browser side of every connection (keep-alive, header,
 //!   stalled readers); `redact`: the system prompt kept out of raw streams.
 //! - [`handle`], [`client_addr`], [`rate`]: signed conversation handles, the client address
-//!   behind trusted proxies, and rate values (the pure cores of abuse control).
+//!   behind trusted proxies, and rate values (the pure cores of abuse control); [`store`]:
+//!   counters, locks and slots shared by a fleet through Redis, or kept in-process.
 //! - `proxy` and [`server`]: the Pingora service and the process around it; [`logging`]
-//!   keeps secrets out of every log line; `metrics` counts what they do and serves
+//!   keeps secrets out of every log line; [`metrics`] counts what they do and serves
 //!   `GET /metrics` on a listener of its own.
 //!
 //! The stand-in for OpenAI's API used by tests, the demo and benchmarks is a crate of its own
@@ -38,7 +39,7 @@ mod errors;
 pub mod handle;
 pub mod leads;
 pub mod logging;
-mod metrics;
+pub mod metrics;
 pub mod origin;
 mod proxy;
 pub mod rate;
@@ -50,6 +51,7 @@ mod routes;
 mod runs;
 pub mod server;
 pub mod sse;
+pub mod store;
 pub mod tenant;
 mod turn;
 pub mod upstream;

@@ -176,6 +176,7 @@ pub struct Metrics {
     leads: Family<LeadLabels, Counter>,
     leads_pending: Gauge,
     lead_delivery_refused: Family<ReasonLabels, Counter>,
+    store_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -249,6 +250,12 @@ impl Metrics {
             "Lead delivery attempts the proxy declined to make, by reason (the lead stays queued)",
             lead_delivery_refused.clone(),
         );
+        let store_errors = Counter::default();
+        registry.register(
+            "store_errors",
+            "Failed calls to Redis, served by the in-process store instead (outage probes included)",
+            store_errors.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -259,7 +266,13 @@ impl Metrics {
             leads,
             leads_pending,
             lead_delivery_refused,
+            store_errors,
         }
+    }
+
+    /// `store_errors_total`, for [`Store::with_redis`](crate::store::Store::with_redis).
+    pub fn store_errors(&self) -> Counter {
+        self.store_errors.clone()
     }
 
     /// One answered request: `route` and `tenant` as in the access log (`-` when unknown).

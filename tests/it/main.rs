@@ -6,6 +6,7 @@
 //! area run in parallel in one process. Run one area with `cargo test --test it lead_capture::`.
 
 mod harness;
+mod redis_server;
 mod smtp_server;
 
 mod client_timeouts;
@@ -16,6 +17,7 @@ mod logging;
 mod metrics;
 mod properties;
 mod responses_api;
+mod store_redis;
 mod threads_and_streams;
 mod upstream_addresses;
 mod upstream_errors;
