@@ -8,7 +8,8 @@
 # Run, TOML mode (the file is the whole configuration):
 #   docker run -p 3000:3000 -v ./chatbot-proxy.toml:/etc/chatbot-proxy/chatbot-proxy.toml:ro \
 #     chatbot-proxy --config /etc/chatbot-proxy/chatbot-proxy.toml
-# Other subcommands work the same way: `... chatbot-proxy demo`, `... --config FILE --test`.
+# Check a configuration: `... chatbot-proxy --config FILE --test`.
+# The image holds the production build (--no-default-features): no `stub`, no `demo` subcommand.
 
 # Builder and runtime must share one Debian release: the binary links the builder's glibc.
 ARG RUST_VERSION=1.95
@@ -22,13 +23,15 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
+# --no-default-features: the production binary, without the bundled stub OpenAI upstream
+# (the workspace's stub/ crate is still in the context: cargo reads every member's manifest).
 # --locked: exactly the versions in Cargo.lock, or fail. The cache mounts (BuildKit, and
 # buildah/podman) only keep downloaded crates and compiled dependencies between builds;
 # the binary is copied out of the cached target dir in the same step.
 RUN --mount=type=cache,id=chatbot-proxy-cargo-registry,target=/usr/local/cargo/registry \
     --mount=type=cache,id=chatbot-proxy-cargo-git,target=/usr/local/cargo/git \
     --mount=type=cache,id=chatbot-proxy-target,target=/src/target,sharing=locked \
-    cargo build --release --locked --bin chatbot-proxy \
+    cargo build --release --locked --no-default-features --bin chatbot-proxy \
  && install -D -m 0755 target/release/chatbot-proxy /out/chatbot-proxy
 
 FROM docker.io/library/debian:${DEBIAN_RELEASE}-slim

@@ -1,41 +1,64 @@
 //! chatbot-proxy: an edge proxy on Pingora that lets any website embed an AI chatbot widget
 //! without exposing its OpenAI key.
 //!
+//! The public modules are what the `chatbot-proxy` binary and the integration tests use; the
+//! others (named without a link below) are the crate's own.
+//!
 //! A map of the crate, from the outside in:
 //! - [`config`]: the TOML file or the old service's environment, validated.
 //! - [`origin`] and [`tenant`]: which website is calling, and which tenant serves it.
-//! - [`routes`], [`request`], [`errors`], [`respond`]: the widget-facing HTTP API.
+//! - `routes`, [`request`], `errors`, `respond`: the widget-facing HTTP API.
 //! - [`dialect`]: how widget operations map to an upstream API (one module per API).
-//! - [`upstream`]: the HTTP client to OpenAI, on Pingora's connector.
-//! - [`sse`], [`widget`] and [`relay`]: event-stream framing (upstream's, the old widget's),
+//! - [`upstream`]: the HTTP client to OpenAI, on Pingora's connector; `upstream_call`: one
+//!   exchange on a tenant's behalf, its failures counted, logged and mapped in one place.
+//! - [`sse`], [`widget`] and `relay`: event-stream framing (upstream's, the old widget's),
 //!   and streaming it to the browser.
-//! - [`turn`]: one answer across upstream streams, with tool calls in between.
+//! - `turn`: one answer across upstream streams, with tool calls in between, and how the
+//!   stream ended (`StreamOutcome`).
 //! - [`leads`]: the lead tool: validation, durable journal, e-mail delivery, caps.
-//! - [`runs`]: one answer at a time per conversation.
-//! - [`proxy`] and [`server`]: the Pingora service and the process around it, which
+//! - `runs`: one answer at a time per conversation.
+//! - `app`: the state every request shares, built once at start-up.
+//! - `downstream`: deadlines on the browser side of every connection (keep-alive, header,
+//!   stalled readers); `redact`: the system prompt kept out of raw streams.
+//! - [`handle`], [`client_addr`], [`rate`]: signed conversation handles, the client address
+//!   behind trusted proxies, and rate values (the pure cores of abuse control); [`store`]:
+//!   counters, locks and slots shared by a fleet through Redis, or kept in-process.
+//! - `proxy` and [`server`]: the Pingora service and the process around it, which
 //!   [`shutdown`] stops without cutting what is in flight; [`logging`]
 //!   keeps secrets out of every log line; [`metrics`] counts what they do and serves
 //!   `GET /metrics` on a listener of its own.
-//! - [`stub`]: a stand-in for OpenAI's API, for tests, the demo and benchmarks.
+//!
+//! The stand-in for OpenAI's API used by tests, the demo and benchmarks is a crate of its own
+//! (`stub/`, `openai_stub`), linked into the binary only with the default `stub` feature.
 
+mod app;
+pub mod client_addr;
 pub mod config;
 pub mod dialect;
-pub mod errors;
+mod downstream;
+mod errors;
+pub mod handle;
 pub mod leads;
 pub mod logging;
 pub mod metrics;
 pub mod origin;
-pub mod proxy;
-pub mod relay;
+mod proxy;
+pub mod rate;
+mod redact;
+mod relay;
 pub mod request;
-pub mod respond;
-pub mod routes;
-pub mod runs;
+mod respond;
+mod routes;
+mod runs;
 pub mod server;
 pub mod shutdown;
 pub mod sse;
-pub mod stub;
+pub mod store;
 pub mod tenant;
-pub mod turn;
+mod turn;
 pub mod upstream;
+mod upstream_call;
 pub mod widget;
+
+pub use app::StartError;
+pub use errors::ApiError;

@@ -1,11 +1,13 @@
-//! The `chatbot-proxy` command: run the proxy, check a configuration, or run the stub
-//! upstream (alone, or with the proxy as a demo).
+//! The `chatbot-proxy` command: run the proxy, check a configuration, or (with the default
+//! `stub` feature, see `demo.rs`) run the stub upstream, alone or with the proxy as a demo.
 
-use chatbot_proxy::{config, logging, server, stub};
-use clap::{Parser, Subcommand};
+#[cfg(feature = "stub")]
+mod demo;
+
+use chatbot_proxy::{config, logging, server};
+use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 /// Small, short-lived allocations dominate a proxy's heap traffic; mimalloc serves them faster
 /// than glibc's malloc (measured with scripts/bench/run).
@@ -31,82 +33,19 @@ struct Cli {
     #[arg(long, short = 'u')]
     upgrade: bool,
 
+    #[cfg(feature = "stub")]
     #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the stub OpenAI API (for tests, benchmarks and trying things out).
-    Stub {
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:8090")]
-        listen: String,
-        /// Worker threads.
-        #[arg(long, default_value_t = 2)]
-        threads: usize,
-        /// Milliseconds between two streamed events (a message's `[stub:slow=MS]` wins).
-        #[arg(long, default_value_t = 0)]
-        pace_ms: u64,
-    },
-    /// Run the proxy against the bundled stub, with a demo tenant for `localhost`.
-    Demo {
-        /// Address the proxy listens on.
-        #[arg(long, default_value = "127.0.0.1:3000")]
-        listen: String,
-        /// Address the stub listens on.
-        #[arg(long, default_value = "127.0.0.1:8090")]
-        stub_listen: String,
-        /// Milliseconds between two streamed events, so the reply is seen arriving.
-        #[arg(long, default_value_t = 60)]
-        pace_ms: u64,
-    },
+    command: Option<demo::Command>,
 }
 
 fn main() -> ExitCode {
     logging::init();
     let cli = Cli::parse();
-    match cli.command {
-        Some(Command::Stub {
-            listen,
-            threads,
-            pace_ms,
-        }) => {
-            let settings = config::ServerSettings {
-                listen: listen.clone(),
-                prefix: String::new(),
-                threads,
-                drain_timeout_seconds: 1,
-                ..config::ServerSettings::default()
-            };
-            let mut server = server::pingora_server(&settings, false);
-            server.add_service(stub::stub_service(&listen, Duration::from_millis(pace_ms)));
-            log::info!("stub OpenAI API listening on http://{listen}/v1");
-            server::run(server, &settings);
-            ExitCode::SUCCESS
-        }
-        Some(Command::Demo {
-            listen,
-            stub_listen,
-            pace_ms,
-        }) => {
-            let config = server::demo_config(&listen, &stub_listen);
-            let settings = config.server.clone();
-            let mut server = server::pingora_server(&settings, false);
-            server.add_service(stub::stub_service(
-                &stub_listen,
-                Duration::from_millis(pace_ms),
-            ));
-            if let Err(e) = server::add_proxy(&mut server, config) {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
-            }
-            print_demo_banner(&listen);
-            server::run(server, &settings);
-            ExitCode::SUCCESS
-        }
-        None => run_proxy(cli.config, cli.test, cli.upgrade),
+    #[cfg(feature = "stub")]
+    if let Some(command) = cli.command {
+        return demo::run(command);
     }
+    run_proxy(cli.config, cli.test, cli.upgrade)
 }
 
 fn run_proxy(path: Option<PathBuf>, test_only: bool, upgrade: bool) -> ExitCode {
@@ -147,16 +86,4 @@ fn run_proxy(path: Option<PathBuf>, test_only: bool, upgrade: bool) -> ExitCode 
     }
     server::run(server, &settings);
     ExitCode::SUCCESS
-}
-
-fn print_demo_banner(listen: &str) {
-    let port = listen.rsplit_once(':').map_or("3000", |(_, p)| p);
-    let base = format!("http://localhost:{port}/open-ai");
-    println!(
-        "\nchatbot-proxy demo: proxy on {listen}, stub OpenAI upstream in-process (no key needed).\n\
-         Stream a reply (creates a thread, then sends a message):\n\n  \
-         T=$(curl -s -H 'Origin: http://localhost' {base}/create-thread | sed -E 's/.*\"id\":\"([^\"]+)\".*/\\1/') && \
-         curl -N -H 'Origin: http://localhost' -H 'Content-Type: application/json' \
-         -d \"{{\\\"threadId\\\":\\\"$T\\\",\\\"message\\\":\\\"Hello there\\\"}}\" {base}/process-message\n"
-    );
 }

@@ -22,7 +22,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::leads::LeadDesk;
+use crate::turn::StreamOutcome;
 use crate::upstream::UpstreamError;
 
 /// The exposition's content type (OpenMetrics text, what `prometheus-client` encodes).
@@ -176,6 +176,7 @@ pub struct Metrics {
     leads: Family<LeadLabels, Counter>,
     leads_pending: Gauge,
     lead_delivery_refused: Family<ReasonLabels, Counter>,
+    store_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -249,6 +250,12 @@ impl Metrics {
             "Lead delivery attempts the proxy declined to make, by reason (the lead stays queued)",
             lead_delivery_refused.clone(),
         );
+        let store_errors = Counter::default();
+        registry.register(
+            "store_errors",
+            "Failed calls to Redis, served by the in-process store instead (outage probes included)",
+            store_errors.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -259,7 +266,13 @@ impl Metrics {
             leads,
             leads_pending,
             lead_delivery_refused,
+            store_errors,
         }
+    }
+
+    /// `store_errors_total`, for [`Store::with_redis`](crate::store::Store::with_redis).
+    pub fn store_errors(&self) -> Counter {
+        self.store_errors.clone()
     }
 
     /// One answered request: `route` and `tenant` as in the access log (`-` when unknown).
@@ -283,11 +296,11 @@ impl Metrics {
     }
 
     /// How a process-message stream ended (the access log's `outcome`).
-    pub fn stream_outcome(&self, tenant: &str, outcome: &'static str) {
+    pub fn stream_outcome(&self, tenant: &str, outcome: StreamOutcome) {
         self.stream_outcomes
             .get_or_create(&OutcomeLabels {
                 tenant: tenant.to_string(),
-                outcome,
+                outcome: outcome.as_str(),
             })
             .inc();
     }
@@ -347,16 +360,22 @@ impl Drop for ActiveStream<'_> {
     }
 }
 
+/// Where the metrics endpoint reads `leads_pending` from (the lead desk, in the proxy).
+pub trait PendingLeads: Send + Sync {
+    /// Leads journaled but not yet delivered.
+    fn pending_leads(&self) -> usize;
+}
+
 /// The app behind `metrics_listen`: `GET /metrics` answers the exposition, any other path
 /// is `404`, any other method on `/metrics` is `405`.
 pub struct MetricsEndpoint {
     metrics: Arc<Metrics>,
-    leads: Arc<LeadDesk>,
+    pending: Arc<dyn PendingLeads>,
 }
 
 impl MetricsEndpoint {
-    pub fn new(metrics: Arc<Metrics>, leads: Arc<LeadDesk>) -> Self {
-        MetricsEndpoint { metrics, leads }
+    pub fn new(metrics: Arc<Metrics>, pending: Arc<dyn PendingLeads>) -> Self {
+        MetricsEndpoint { metrics, pending }
     }
 }
 
@@ -369,7 +388,7 @@ impl ServeHttp for MetricsEndpoint {
         } else if req.method != Method::GET {
             (405, "text/plain; charset=utf-8", b"use GET\n".to_vec())
         } else {
-            let text = self.metrics.encode(self.leads.pending_count());
+            let text = self.metrics.encode(self.pending.pending_leads());
             (200, CONTENT_TYPE, text.into_bytes())
         };
         let mut response = Response::builder()
@@ -419,7 +438,7 @@ mod tests {
         metrics.request("create-thread", "acme", 200, Duration::from_millis(3));
         metrics.request("create-thread", "acme", 200, Duration::from_millis(40));
         metrics.request("-", "-", 403, Duration::from_micros(200));
-        metrics.stream_outcome("acme", "completed");
+        metrics.stream_outcome("acme", StreamOutcome::Completed);
         metrics.upstream_error(UpstreamErrorKind::of(&UpstreamError::Timeout("connecting")));
         metrics.upstream_error(UpstreamErrorKind::of(&UpstreamError::TooLarge));
         metrics.upstream_status(429);

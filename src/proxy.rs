@@ -1,26 +1,23 @@
 //! The Pingora service: one request's journey through the proxy.
 //!
 //! Every widget request is answered from `request_filter`: route, calling site, tenant, CORS,
-//! then the route's handler talks to the upstream through [`UpstreamClient`] and writes the
+//! then the route's handler talks to the upstream through an [`UpstreamCall`] and writes the
 //! answer itself (streams need async writes between upstream reads, which Pingora's body
-//! filters cannot do). `logging` writes the access line and records the request's
-//! [`Metrics`]. [`RequestCtx`] carries what one request learned along the way.
+//! filters cannot do). `logging` writes the access line and records the request's metrics.
+//! [`RequestCtx`] carries what one request learned along the way.
 
-use crate::config::{Config, StreamFormat, Tenant};
+use crate::app::AppState;
+use crate::config::{StreamFormat, Tenant};
 use crate::dialect::Dialect;
-use crate::errors::{sanitize_retry_after, ApiError};
-use crate::leads::LeadDesk;
-use crate::metrics::{Metrics, UpstreamErrorKind};
+use crate::errors::ApiError;
 use crate::origin::calling_site;
 use crate::relay::{Framing, Relay};
 use crate::request::parse_process_message;
 use crate::respond::{self, Written};
 use crate::routes::Route;
-use crate::runs::ActiveRuns;
-use crate::shutdown::{InFlight, InFlightGuard};
-use crate::tenant::TenantDirectory;
-use crate::turn::Turn;
-use crate::upstream::{UpstreamClient, UpstreamError, UpstreamRequest, UpstreamResponse};
+use crate::shutdown::InFlightGuard;
+use crate::turn::{StreamOutcome, Turn};
+use crate::upstream_call::CallFailure;
 use async_trait::async_trait;
 use bytes::BytesMut;
 use pingora::upstreams::peer::HttpPeer;
@@ -29,41 +26,6 @@ use pingora_proxy::{ProxyHttp, Session};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// How long a browser may take to send its request body.
-const BODY_READ_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// Everything the request handlers share; built once at start-up.
-pub struct AppState {
-    pub config: Config,
-    pub tenants: TenantDirectory,
-    pub upstream: Arc<UpstreamClient>,
-    pub runs: Arc<ActiveRuns>,
-    pub leads: Arc<LeadDesk>,
-    pub metrics: Arc<Metrics>,
-    /// Requests in flight, which the drain waits for on shutdown.
-    pub in_flight: Arc<InFlight>,
-}
-
-impl AppState {
-    /// Everything the proxy needs at run time; opens the lead journal.
-    pub fn new(config: Config) -> std::result::Result<Arc<Self>, String> {
-        let tenants = TenantDirectory::build(&config.tenants)?;
-        let upstream = UpstreamClient::new(config.upstream.clone());
-        let metrics = Arc::new(Metrics::new());
-        let leads =
-            LeadDesk::open_with_metrics(&config.leads, config.smtp.as_ref(), Arc::clone(&metrics))?;
-        Ok(Arc::new(AppState {
-            config,
-            tenants,
-            upstream,
-            runs: ActiveRuns::new(),
-            leads,
-            metrics,
-            in_flight: InFlight::new(),
-        }))
-    }
-}
 
 /// The proxy service.
 pub struct ChatbotProxy {
@@ -84,8 +46,8 @@ pub struct RequestCtx {
     /// The calling site's origin, once whitelisted: echoed in `Access-Control-Allow-Origin`.
     cors_origin: Option<String>,
     written: Written,
-    /// How a stream ended, for the access log.
-    outcome: &'static str,
+    /// How a stream ended, for the access log; `None` for any other answer.
+    outcome: Option<StreamOutcome>,
     /// Counts the request in flight until the context is dropped, after `logging`.
     _in_flight: InFlightGuard,
 }
@@ -107,7 +69,7 @@ impl ProxyHttp for ChatbotProxy {
             tenant: None,
             cors_origin: None,
             written: Written::default(),
-            outcome: "-",
+            outcome: None,
             _in_flight: self.state.in_flight.enter(),
         }
     }
@@ -130,6 +92,7 @@ impl ProxyHttp for ChatbotProxy {
         let route = ctx.route.map_or("-", Route::name);
         let tenant = ctx.tenant.as_ref().map_or("-", |t| t.name.as_str());
         let duration = ctx.started.elapsed();
+        let outcome = ctx.outcome.map_or("-", StreamOutcome::as_str);
         if log::log_enabled!(log::Level::Info) {
             let client = session
                 .client_addr()
@@ -144,13 +107,13 @@ impl ProxyHttp for ChatbotProxy {
                 ctx.written.status,
                 duration.as_millis(),
                 ctx.written.bytes,
-                ctx.outcome,
+                outcome,
             );
         }
         let metrics = &self.state.metrics;
         metrics.request(route, tenant, ctx.written.status, duration);
-        if ctx.outcome != "-" {
-            metrics.stream_outcome(tenant, ctx.outcome);
+        if let Some(outcome) = ctx.outcome {
+            metrics.stream_outcome(tenant, outcome);
         }
     }
 }
@@ -225,10 +188,14 @@ impl ChatbotProxy {
         tenant: &Tenant,
     ) -> Result<Written, ApiError> {
         let dialect = Dialect::of(tenant);
-        let response = self
-            .call(&dialect.create_conversation(tenant), tenant, false)
-            .await?;
-        let mut thread = response.json().await.map_err(|e| self.failed(e))?;
+        let call = self.state.upstream_call(tenant);
+        let created = call
+            .json(
+                "creating a conversation",
+                &dialect.create_conversation(tenant),
+            )
+            .await;
+        let mut thread = or_api_error(created, dialect, false).await?;
         let id = thread
             .get("id")
             .and_then(Value::as_str)
@@ -249,7 +216,8 @@ impl ChatbotProxy {
     ) -> Result<Written, ApiError> {
         let dialect = Dialect::of(tenant);
         let limits = &self.state.config.limits;
-        let body = read_body(session, limits.max_body_bytes).await?;
+        let deadline = self.state.config.server.timeouts.request_body;
+        let body = read_body(session, limits.max_body_bytes, deadline).await?;
         let turn = parse_process_message(&body, limits.max_message_chars, dialect.id_rule())?;
         let _busy = self
             .state
@@ -257,27 +225,30 @@ impl ChatbotProxy {
             .try_start(&tenant.name, &turn.thread_id)
             .ok_or_else(ApiError::run_active)?;
 
+        let call = self.state.upstream_call(tenant);
         if let Some(prepare) = dialect.prepare_turn(&turn.thread_id, &turn.message) {
-            let prepared = self.call(&prepare, tenant, true).await?;
-            prepared.read_all().await.map_err(|e| self.failed(e))?;
+            let prepared = call.read_all("adding the message", &prepare).await;
+            or_api_error(prepared, dialect, true).await?;
         }
         let start = dialect.start_turn(tenant, &turn.thread_id, &turn.message);
-        let upstream = self.call(&start, tenant, true).await?;
+        let started = call.send("starting an answer", &start).await;
+        let upstream = or_api_error(started, dialect, true).await?;
 
         let framing = match tenant.stream_format {
             StreamFormat::OpenAi => Framing::Raw,
             StreamFormat::WidgetV1 => Framing::WidgetV1(dialect),
         };
         let site = ctx.cors_origin.clone().unwrap_or_default();
-        let write_timeout = self.state.config.upstream.idle_timeout;
-        let Some(mut relay) = Relay::start(session, ctx.cors(), framing, write_timeout).await
-        else {
-            ctx.outcome = "client_gone";
+        let Some(mut relay) = Relay::start(session, ctx.cors(), framing).await else {
+            ctx.outcome = Some(StreamOutcome::ClientGone);
             return Ok(Written {
                 status: 200,
                 bytes: 0,
             });
         };
+        if tenant.redact_run_objects {
+            relay.redact_run_objects();
+        }
         let _streaming = self.state.metrics.stream_started();
         let turn = Turn {
             state: &self.state,
@@ -286,58 +257,21 @@ impl ChatbotProxy {
             conversation: &turn.thread_id,
             site: &site,
         };
-        ctx.outcome = turn.stream(&mut relay, upstream).await;
+        ctx.outcome = Some(turn.stream(&mut relay, upstream).await);
         Ok(Written {
             status: 200,
             bytes: relay.bytes_sent,
         })
     }
-
-    /// Send one upstream request and check its status; a failure becomes the widget's error.
-    async fn call(
-        &self,
-        req: &UpstreamRequest,
-        tenant: &Tenant,
-        thread_scoped: bool,
-    ) -> Result<UpstreamResponse, ApiError> {
-        let response = self
-            .state
-            .upstream
-            .send(req, &tenant.api_key)
-            .await
-            .map_err(|e| self.failed(e))?;
-        if response.is_success() {
-            return Ok(response);
-        }
-        let status = response.status;
-        self.state.metrics.upstream_status(status);
-        let retry_after = response.retry_after.clone();
-        // The body only tells us which error it is; it is never passed on.
-        let body = response.json().await.unwrap_or(Value::Null);
-        log::warn!(
-            "upstream answered {status} to {} {} for tenant {}",
-            req.method,
-            req.path,
-            tenant.name
-        );
-        let busy = Dialect::of(tenant).is_busy_error(&body);
-        Err(map_upstream_status(
-            status,
-            retry_after,
-            busy,
-            thread_scoped,
-        ))
-    }
-
-    /// A failed exchange, counted, as the widget's error.
-    fn failed(&self, e: UpstreamError) -> ApiError {
-        self.state.metrics.upstream_error(UpstreamErrorKind::of(&e));
-        upstream_failure(e)
-    }
 }
 
-/// Read the request body, refusing more than `limit` bytes.
-async fn read_body(session: &mut Session, limit: usize) -> Result<bytes::Bytes, ApiError> {
+/// Read the request body, refusing more than `limit` bytes or taking longer than `deadline` in
+/// total (a body trickled a byte at a time must not hold the connection for days).
+async fn read_body(
+    session: &mut Session,
+    limit: usize,
+    deadline: Duration,
+) -> Result<bytes::Bytes, ApiError> {
     let declared = session
         .get_header("content-length")
         .and_then(|v| v.to_str().ok())
@@ -345,88 +279,42 @@ async fn read_body(session: &mut Session, limit: usize) -> Result<bytes::Bytes, 
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::body_too_large(limit));
     }
-    let mut body = BytesMut::new();
-    loop {
-        let chunk = tokio::time::timeout(BODY_READ_TIMEOUT, session.read_request_body())
+    let read_all = async {
+        let mut body = BytesMut::new();
+        while let Some(chunk) = session
+            .read_request_body()
             .await
-            .map_err(|_| {
-                ApiError::new(
-                    408,
-                    "request_timeout",
-                    "The request body was not received in time.",
-                )
-            })?
-            .map_err(|_| ApiError::invalid_request("The request body could not be read."))?;
-        let Some(chunk) = chunk else { break };
-        if body.len() + chunk.len() > limit {
-            return Err(ApiError::body_too_large(limit));
+            .map_err(|_| ApiError::invalid_request("The request body could not be read."))?
+        {
+            if body.len() + chunk.len() > limit {
+                return Err(ApiError::body_too_large(limit));
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
-}
-
-/// A failed exchange (no usable answer) as the widget's error.
-fn upstream_failure(e: UpstreamError) -> ApiError {
-    log::warn!("{e}");
-    match e {
-        UpstreamError::Timeout(_) => ApiError::upstream_timeout(),
-        UpstreamError::Unreachable(_) => ApiError::upstream_unreachable(),
-        UpstreamError::Broken(_) | UpstreamError::TooLarge => {
-            ApiError::upstream_error("its answer could not be read")
+        Ok(body.freeze())
+    };
+    match tokio::time::timeout(deadline, read_all).await {
+        Ok(body) => body,
+        Err(_) => {
+            // The rest of the body may still be on its way: never reuse this connection.
+            session.set_keepalive(None);
+            Err(ApiError::new(
+                408,
+                "request_timeout",
+                "The request body was not received in time.",
+            ))
         }
     }
 }
 
-/// An upstream error status as the widget's error.
-/// `busy`: the body says the conversation is busy with another answer.
-fn map_upstream_status(
-    status: u16,
-    retry_after: Option<String>,
-    busy: bool,
+/// A call's result, its failure as the widget's error (see [`CallFailure::into_api_error`]).
+async fn or_api_error<T>(
+    result: std::result::Result<T, CallFailure>,
+    dialect: Dialect,
     thread_scoped: bool,
-) -> ApiError {
-    match status {
-        401 | 403 => ApiError::upstream_auth_failed(),
-        404 if thread_scoped => ApiError::thread_not_found(),
-        409 => ApiError::run_active(),
-        400 if busy => ApiError::run_active(),
-        429 => ApiError::rate_limited(retry_after.as_deref().and_then(sanitize_retry_after)),
-        s => ApiError::upstream_error(format!("it answered with status {s}")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn upstream_statuses_map_to_widget_errors() {
-        let code = |status, busy, scoped| map_upstream_status(status, None, busy, scoped).code;
-        assert_eq!(code(401, false, false), "upstream_auth_failed");
-        assert_eq!(code(403, false, true), "upstream_auth_failed");
-        assert_eq!(map_upstream_status(403, None, false, true).status, 502);
-        assert_eq!(code(404, false, true), "thread_not_found");
-        assert_eq!(map_upstream_status(404, None, false, false).status, 502);
-        let limited = map_upstream_status(429, Some("7".into()), false, true);
-        assert_eq!(
-            (limited.status, limited.retry_after.as_deref()),
-            (429, Some("7"))
-        );
-        let smuggled = map_upstream_status(429, Some("7\r\nX: y".into()), false, true);
-        assert_eq!(smuggled.retry_after, None);
-        assert_eq!(code(500, false, true), "upstream_error");
-        assert_eq!(code(400, true, true), "run_active");
-        assert_eq!(map_upstream_status(400, None, false, true).status, 502);
-    }
-
-    #[test]
-    fn failed_exchanges_map_to_gateway_errors() {
-        assert_eq!(upstream_failure(UpstreamError::Timeout("x")).status, 504);
-        assert_eq!(
-            upstream_failure(UpstreamError::Unreachable("refused".into())).code,
-            "upstream_unreachable"
-        );
-        assert_eq!(upstream_failure(UpstreamError::TooLarge).status, 502);
+) -> std::result::Result<T, ApiError> {
+    match result {
+        Ok(value) => Ok(value),
+        Err(failure) => Err(failure.into_api_error(dialect, thread_scoped).await),
     }
 }

@@ -8,6 +8,7 @@
 //! stream (its `done`) is held back: the continuation follows on the same response.
 
 use crate::dialect::{Dialect, EventReader, Signal};
+use crate::redact::RunObjectRedactor;
 use crate::respond;
 use crate::sse::{encode_event, SseParser};
 use crate::upstream::{UpstreamError, UpstreamResponse};
@@ -63,22 +64,20 @@ pub struct Relay<'s> {
     pub bytes_sent: usize,
     /// False once the client sent unexpected bytes: we stop watching for its close then.
     watch_client: bool,
+    /// Blanks the system prompt in run objects of the raw framing (`redact_run_objects`).
+    redactor: Option<RunObjectRedactor>,
     client_gone: bool,
 }
 
 impl<'s> Relay<'s> {
     /// Write the event-stream header. `None` if the client is already gone. A client that
-    /// stops reading for longer than `write_timeout` is dropped, so it cannot pin an upstream
-    /// stream.
+    /// stops reading is dropped by the connection's stalled-reader limit
+    /// ([`crate::downstream`]), so it cannot pin an upstream stream.
     pub async fn start(
         session: &'s mut Session,
         cors_origin: Option<&str>,
         framing: Framing,
-        write_timeout: std::time::Duration,
     ) -> Option<Relay<'s>> {
-        session
-            .as_downstream_mut()
-            .set_write_timeout(Some(write_timeout));
         let chunked = !session.as_downstream().is_http2()
             && session.req_header().version != http::Version::HTTP_10;
         let header = respond::event_stream_header(cors_origin, chunked);
@@ -96,7 +95,13 @@ impl<'s> Relay<'s> {
             bytes_sent: 0,
             watch_client: true,
             client_gone: false,
+            redactor: None,
         })
+    }
+
+    /// Blank `instructions` and `tools` in the run objects of the raw framing.
+    pub fn redact_run_objects(&mut self) {
+        self.redactor = Some(RunObjectRedactor::default());
     }
 
     pub fn framing(&self) -> Framing {
@@ -190,7 +195,16 @@ impl<'s> Relay<'s> {
             }
 
             let delivered = match self.framing {
-                Framing::Raw if raw_upto > 0 => self.write(chunk.slice(..raw_upto)).await,
+                Framing::Raw if raw_upto > 0 => {
+                    let raw = chunk.slice(..raw_upto);
+                    match &mut self.redactor {
+                        None => self.write(raw).await,
+                        Some(redactor) => {
+                            let bytes = redactor.push(&raw);
+                            bytes.is_empty() || self.write(Bytes::from(bytes)).await
+                        }
+                    }
+                }
                 Framing::Raw => !self.client_gone,
                 Framing::WidgetV1(_) => {
                     let mut ok = !self.client_gone;

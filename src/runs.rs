@@ -29,10 +29,12 @@ impl ActiveRuns {
     }
 
     /// How many conversations are busy right now.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.busy.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -1,13 +1,11 @@
 //! The process: Pingora's server settings, the proxy service (and the metrics endpoint
-//! beside it, when configured), the drain that stops it (see [`crate::shutdown`]), the
-//! hand-over of the listening sockets to a new process (`--upgrade`), and the demo set-up.
+//! beside it, when configured), the drain that stops it (see [`crate::shutdown`]) and the
+//! hand-over of the listening sockets to a new process (`--upgrade`).
 
-use crate::config::{
-    Config, LeadSettings, Limits, Secret, ServerSettings, StreamFormat, Tenant, UpstreamApi,
-    UpstreamSettings,
-};
+use crate::config::{ClientTimeouts, Config, ServerSettings};
+use crate::downstream::{GuardedHttp, Timeouts};
 use crate::metrics::MetricsEndpoint;
-use crate::proxy::{AppState, ChatbotProxy};
+use crate::proxy::ChatbotProxy;
 use crate::shutdown::{Drain, Signals};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server};
@@ -67,11 +65,11 @@ pub fn run(mut server: Server, settings: &ServerSettings) {
 
 /// Add the proxy service for `config`, and beside it the lead delivery service, the drain
 /// and, when `metrics_listen` is configured, the metrics endpoint, to `server`.
-pub fn add_proxy(server: &mut Server, config: Config) -> Result<(), String> {
+pub fn add_proxy(server: &mut Server, config: Config) -> Result<(), crate::app::StartError> {
     let listen = config.server.listen.clone();
     let metrics_listen = config.metrics_listen.clone();
     let drain_limit = Duration::from_secs(config.server.drain_timeout_seconds);
-    let state = AppState::new(config)?;
+    let state = crate::app::AppState::new(config)?;
     let drain = Drain {
         requests: state.in_flight.clone(),
         leads: state.leads.clone(),
@@ -88,10 +86,11 @@ pub fn add_proxy(server: &mut Server, config: Config) -> Result<(), String> {
         server.add_service(metrics);
         log::info!("metrics on http://{addr}/metrics");
     }
-    let mut service = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        ChatbotProxy::new(state),
-        "chatbot-proxy",
+    let timeouts = client_timeouts(&state.config.server.timeouts);
+    let proxy = pingora_proxy::http_proxy(&server.configuration, ChatbotProxy::new(state));
+    let mut service = pingora::services::listening::Service::new(
+        "chatbot-proxy".into(),
+        GuardedHttp::new(proxy, timeouts),
     );
     service.add_tcp(&listen);
     server.add_service(service);
@@ -102,58 +101,11 @@ pub fn add_proxy(server: &mut Server, config: Config) -> Result<(), String> {
     Ok(())
 }
 
-/// The configuration of `chatbot-proxy demo`: one tenant for `localhost`, talking to the
-/// bundled stub at `stub_listen`.
-pub fn demo_config(listen: &str, stub_listen: &str) -> Config {
-    Config {
-        server: ServerSettings {
-            listen: listen.to_string(),
-            prefix: "/open-ai".into(),
-            threads: 2,
-            drain_timeout_seconds: 5,
-            ..ServerSettings::default()
-        },
-        upstream: UpstreamSettings {
-            base_url: format!("http://{stub_listen}/v1"),
-            tls: false,
-            host: stub_listen
-                .rsplit_once(':')
-                .map_or(stub_listen, |(h, _)| h)
-                .trim_matches(['[', ']'])
-                .to_string(),
-            port: stub_listen
-                .rsplit_once(':')
-                .and_then(|(_, p)| p.parse().ok())
-                .unwrap_or(80),
-            base_path: "/v1".into(),
-            connect_timeout: Duration::from_secs(5),
-            first_byte_timeout: Duration::from_secs(60),
-            idle_timeout: Duration::from_secs(60),
-            pool_idle_timeout: Duration::from_secs(90),
-        },
-        limits: Limits {
-            max_body_bytes: 32 * 1024,
-            max_message_chars: 4000,
-        },
-        tenants: vec![Tenant {
-            name: "demo".into(),
-            domains: vec!["localhost".into(), "127.0.0.1".into()],
-            api_key: Secret::new("sk-demo"),
-            api: UpstreamApi::Assistants {
-                assistant_id: "asst_demo".into(),
-            },
-            lead_recipients: vec!["owner@localhost".into()],
-            lead_tool: "sendEmail".into(),
-            stream_format: StreamFormat::OpenAi,
-        }],
-        smtp: None,
-        metrics_listen: None,
-        leads: LeadSettings {
-            dir: "data".into(),
-            max_per_conversation: 3,
-            max_per_tenant_per_hour: 100,
-            max_tool_rounds: 5,
-            send_timeout: Duration::from_secs(5),
-        },
+/// The connection deadlines of the browser side.
+fn client_timeouts(configured: &ClientTimeouts) -> Timeouts {
+    Timeouts {
+        keepalive: configured.keepalive,
+        header: configured.request_header,
+        stalled_reader: configured.stalled_reader,
     }
 }

@@ -83,6 +83,7 @@ mod tests {
             lead_recipients: vec![],
             lead_tool: "sendEmail".into(),
             stream_format: StreamFormat::OpenAi,
+            redact_run_objects: false,
         }
     }
 

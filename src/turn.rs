@@ -6,14 +6,58 @@
 //! for at most `max_tool_rounds` rounds. When the last leg ends, the turn closes the client
 //! stream the way the framing wants: unchanged, or with the widget's `end` or `system.error`.
 
+use crate::app::AppState;
 use crate::config::Tenant;
 use crate::dialect::{Dialect, Signal, ToolCall, ToolOutput, ToolRound};
 use crate::leads::LeadSource;
-use crate::metrics::UpstreamErrorKind;
-use crate::proxy::AppState;
 use crate::relay::{Framing, LegEnd, Relay};
 use crate::upstream::{UpstreamError, UpstreamResponse};
+use crate::upstream_call::UpstreamCall;
 use crate::widget;
+
+/// How a streamed answer ended: the access log's `outcome` and the `outcome` label of
+/// `stream_outcomes_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StreamOutcome {
+    /// The run completed and the stream was closed normally.
+    Completed,
+    /// The browser went away before the end.
+    ClientGone,
+    /// The run ended without completing (failed, cancelled, expired, incomplete).
+    RunEnded,
+    /// The upstream sent an error event.
+    UpstreamErrorEvent,
+    /// The upstream connection broke or went silent.
+    UpstreamBroken,
+    /// The upstream sent something that is not an event stream.
+    UpstreamGarbled,
+    /// The upstream stream stopped before the run finished.
+    UpstreamEndedEarly,
+    /// The model asked for tools more than `max_tool_rounds` times.
+    ToolRoundsExceeded,
+    /// Handing the tool outputs back upstream failed.
+    ToolOutputsFailed,
+    /// The widget's final `end` event could not list the conversation's messages.
+    MessagesUnavailable,
+}
+
+impl StreamOutcome {
+    /// The label, in the access log and the metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamOutcome::Completed => "completed",
+            StreamOutcome::ClientGone => "client_gone",
+            StreamOutcome::RunEnded => "run_ended",
+            StreamOutcome::UpstreamErrorEvent => "upstream_error_event",
+            StreamOutcome::UpstreamBroken => "upstream_broken",
+            StreamOutcome::UpstreamGarbled => "upstream_garbled",
+            StreamOutcome::UpstreamEndedEarly => "upstream_ended_early",
+            StreamOutcome::ToolRoundsExceeded => "tool_rounds_exceeded",
+            StreamOutcome::ToolOutputsFailed => "tool_outputs_failed",
+            StreamOutcome::MessagesUnavailable => "messages_unavailable",
+        }
+    }
+}
 
 /// What the turn is about.
 pub struct Turn<'a> {
@@ -26,12 +70,12 @@ pub struct Turn<'a> {
 }
 
 impl Turn<'_> {
-    /// Relay `upstream` and its continuations to `relay`; returns the access-log outcome.
+    /// Relay `upstream` and its continuations to `relay`; returns how the stream ended.
     pub async fn stream(
         &self,
         relay: &mut Relay<'_>,
         mut upstream: UpstreamResponse,
-    ) -> &'static str {
+    ) -> StreamOutcome {
         let mut rounds = 0;
         loop {
             let mut reader = self.dialect.reader();
@@ -55,7 +99,7 @@ impl Turn<'_> {
                         "The assistant asked for too many tool calls.",
                     )
                     .await;
-                return "tool_rounds_exceeded";
+                return StreamOutcome::ToolRoundsExceeded;
             }
             rounds += 1;
             // Leads are captured even when the browser has gone: the visitor already gave them.
@@ -63,33 +107,19 @@ impl Turn<'_> {
             let next = self
                 .dialect
                 .continue_turn(self.tenant, self.conversation, &round, &outputs);
-            match self.state.upstream.send(&next, &self.tenant.api_key).await {
-                Ok(response) if response.is_success() => {
+            match self.upstream().send("submitting tool outputs", &next).await {
+                Ok(response) => {
                     if relay.client_gone() {
                         response.release_in_background();
-                        return "client_gone";
+                        return StreamOutcome::ClientGone;
                     }
                     upstream = response;
                 }
-                Ok(response) => {
-                    self.state.metrics.upstream_status(response.status);
-                    log::warn!(
-                        "tenant {}: submitting tool outputs: upstream answered {}",
-                        self.tenant.name,
-                        response.status
-                    );
+                Err(_failure) => {
                     relay
                         .fail("tool_outputs_failed", "Error submitting tool outputs")
                         .await;
-                    return "tool_outputs_failed";
-                }
-                Err(e) => {
-                    self.upstream_failed(&e);
-                    log::warn!("tenant {}: submitting tool outputs: {e}", self.tenant.name);
-                    relay
-                        .fail("tool_outputs_failed", "Error submitting tool outputs")
-                        .await;
-                    return "tool_outputs_failed";
+                    return StreamOutcome::ToolOutputsFailed;
                 }
             }
         }
@@ -132,10 +162,10 @@ impl Turn<'_> {
         relay: &mut Relay<'_>,
         end: LegEnd,
         upstream: UpstreamResponse,
-    ) -> &'static str {
+    ) -> StreamOutcome {
         let widget = matches!(relay.framing(), Framing::WidgetV1(_));
         match end {
-            LegEnd::ClientGone { .. } => "client_gone",
+            LegEnd::ClientGone { .. } => StreamOutcome::ClientGone,
             LegEnd::Done { last }
             | LegEnd::EndedEarly {
                 last: last @ Some(_),
@@ -147,16 +177,16 @@ impl Turn<'_> {
                         let message =
                             format!("The assistant could not finish its answer (run {status}).");
                         relay.fail("run_ended", &message).await;
-                        "run_ended"
+                        StreamOutcome::RunEnded
                     }
                     None if widget => ended_early(relay).await,
                     Some(Signal::Ended(_)) => {
                         relay.finish().await;
-                        "run_ended"
+                        StreamOutcome::RunEnded
                     }
                     _ => {
                         relay.finish().await;
-                        "completed"
+                        StreamOutcome::Completed
                     }
                 }
             }
@@ -169,97 +199,105 @@ impl Turn<'_> {
                     // The upstream's error event was relayed as it came.
                     relay.finish().await;
                 }
-                "upstream_error_event"
+                StreamOutcome::UpstreamErrorEvent
             }
             LegEnd::EndedEarly { last: None } => ended_early(relay).await,
             LegEnd::Broken(e) => {
-                self.upstream_failed(&e);
-                log::warn!("tenant {}: stream broken: {e}", self.tenant.name);
                 let message = match e {
                     UpstreamError::Timeout(_) => "The assistant stopped answering in time.",
                     _ => "The connection to the assistant broke.",
                 };
+                self.upstream().failed("streaming the answer", e);
                 relay.fail("upstream_stream_failed", message).await;
-                "upstream_broken"
+                StreamOutcome::UpstreamBroken
             }
             LegEnd::Garbled => {
-                self.state.metrics.upstream_error(UpstreamErrorKind::Broken);
+                let garbled = UpstreamError::Broken("the answer is not an event stream".into());
+                self.upstream().failed("streaming the answer", garbled);
                 relay
                     .fail(
                         "upstream_stream_failed",
                         "The assistant sent an unreadable stream.",
                     )
                     .await;
-                "upstream_garbled"
+                StreamOutcome::UpstreamGarbled
             }
         }
     }
 
-    /// Count a failed upstream exchange.
-    fn upstream_failed(&self, e: &UpstreamError) {
-        self.state.metrics.upstream_error(UpstreamErrorKind::of(e));
+    /// The upstream, as this tenant talks to it.
+    fn upstream(&self) -> UpstreamCall<'_> {
+        self.state.upstream_call(self.tenant)
     }
 
     /// The widget's final `end` event, with the conversation's messages.
-    async fn end_with_messages(&self, relay: &mut Relay<'_>) -> &'static str {
+    async fn end_with_messages(&self, relay: &mut Relay<'_>) -> StreamOutcome {
         let request = self.dialect.list_messages(self.conversation);
-        let list = match self
-            .state
-            .upstream
-            .send(&request, &self.tenant.api_key)
-            .await
-        {
-            Ok(response) if response.is_success() => match response.json().await {
-                Ok(list) => Some(list),
-                Err(e) => {
-                    self.upstream_failed(&e);
-                    log::warn!("tenant {}: listing messages: {e}", self.tenant.name);
-                    None
-                }
-            },
-            Ok(response) => {
-                self.state.metrics.upstream_status(response.status);
-                log::warn!(
-                    "tenant {}: listing messages: upstream answered {}",
-                    self.tenant.name,
-                    response.status
-                );
-                None
-            }
-            Err(e) => {
-                self.upstream_failed(&e);
-                log::warn!("tenant {}: listing messages: {e}", self.tenant.name);
-                None
-            }
-        };
-        match list {
-            Some(list) => {
+        match self.upstream().json("listing messages", &request).await {
+            Ok(list) => {
                 relay
                     .write(widget::end(widget::messages_from_list(self.dialect, &list)))
                     .await;
                 relay.finish().await;
-                "completed"
+                StreamOutcome::Completed
             }
-            None => {
+            Err(_failure) => {
                 relay
                     .fail(
                         "messages_unavailable",
                         "The conversation could not be loaded.",
                     )
                     .await;
-                "messages_unavailable"
+                StreamOutcome::MessagesUnavailable
             }
         }
     }
 }
 
 /// End a stream whose upstream stopped before the run finished.
-async fn ended_early(relay: &mut Relay<'_>) -> &'static str {
+async fn ended_early(relay: &mut Relay<'_>) -> StreamOutcome {
     relay
         .fail(
             "upstream_stream_failed",
             "The assistant's answer ended unexpectedly.",
         )
         .await;
-    "upstream_ended_early"
+    StreamOutcome::UpstreamEndedEarly
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcome_labels_are_the_fixed_names() {
+        let all = [
+            StreamOutcome::Completed,
+            StreamOutcome::ClientGone,
+            StreamOutcome::RunEnded,
+            StreamOutcome::UpstreamErrorEvent,
+            StreamOutcome::UpstreamBroken,
+            StreamOutcome::UpstreamGarbled,
+            StreamOutcome::UpstreamEndedEarly,
+            StreamOutcome::ToolRoundsExceeded,
+            StreamOutcome::ToolOutputsFailed,
+            StreamOutcome::MessagesUnavailable,
+        ];
+        let names: Vec<&str> = all.iter().map(|o| o.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "completed",
+                "client_gone",
+                "run_ended",
+                "upstream_error_event",
+                "upstream_broken",
+                "upstream_garbled",
+                "upstream_ended_early",
+                "tool_rounds_exceeded",
+                "tool_outputs_failed",
+                "messages_unavailable",
+            ]
+        );
+    }
 }

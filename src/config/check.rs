@@ -368,6 +368,39 @@ pub(crate) fn base_url(
     Ok(())
 }
 
+/// One entry of `upstream.resolve` / `OPENAI_RESOLVE`: an IP address (an IPv6 one with or
+/// without brackets), no port.
+pub(crate) fn resolve_address(raw: &str, at: &At) -> Result<std::net::IpAddr, ConfigError> {
+    let text = raw.trim();
+    let bare = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(text);
+    bare.parse().map_err(|_| {
+        at.err(format!(
+            "is not an IP address (got {}): write e.g. \"203.0.113.7\" or \"2001:db8::7\", \
+             without a port (base_url's port is used)",
+            shown(raw)
+        ))
+    })
+}
+
+/// `upstream.address_connect_timeout_ms`, which must not exceed `connect_timeout_ms` (that one
+/// bounds the whole attempt, all addresses together). Unset: the default, capped the same way.
+pub(crate) fn address_connect_timeout(
+    value: Option<(u64, &At)>,
+    connect_timeout_ms: u64,
+) -> Result<u64, ConfigError> {
+    match value {
+        None => Ok(defaults::ADDRESS_CONNECT_TIMEOUT_MS.min(connect_timeout_ms)),
+        Some((ms, at)) if ms > connect_timeout_ms => Err(at.err(format!(
+            "is {ms}, more than upstream.connect_timeout_ms ({connect_timeout_ms}), which bounds \
+             the whole connection attempt: lower it, or raise connect_timeout_ms"
+        ))),
+        Some((ms, _)) => Ok(ms),
+    }
+}
+
 /// A domain pattern: trimmed, lowercase, no scheme, port, path or whitespace.
 pub(crate) fn domain(raw: &str, at: &At) -> Result<String, ConfigError> {
     let domain = raw.trim().to_lowercase();

@@ -19,6 +19,8 @@ pub(crate) const CONNECT_TIMEOUT_MS: u64 = 5_000;
 pub(crate) const FIRST_BYTE_TIMEOUT_MS: u64 = 60_000;
 pub(crate) const IDLE_TIMEOUT_MS: u64 = 60_000;
 pub(crate) const POOL_IDLE_TIMEOUT_MS: u64 = 90_000;
+/// Per-address connect timeout; never more than the connect timeout.
+pub(crate) const ADDRESS_CONNECT_TIMEOUT_MS: u64 = 1_000;
 pub(crate) const MAX_BODY_BYTES: usize = 32 * 1024;
 pub(crate) const MAX_MESSAGE_CHARS: usize = 4_000;
 pub(crate) const SMTP_PORT: u16 = 587;
@@ -55,6 +57,7 @@ impl Default for ServerSettings {
             grace_period_seconds: GRACE_PERIOD_SECONDS,
             drain_timeout_seconds: DRAIN_TIMEOUT_SECONDS,
             upgrade_sock: UPGRADE_SOCK.to_string(),
+            timeouts: Default::default(),
         }
     }
 }
@@ -93,6 +96,8 @@ impl Default for UpstreamSettings {
             first_byte_timeout: Duration::from_millis(FIRST_BYTE_TIMEOUT_MS),
             idle_timeout: Duration::from_millis(IDLE_TIMEOUT_MS),
             pool_idle_timeout: Duration::from_millis(POOL_IDLE_TIMEOUT_MS),
+            address_connect_timeout: Duration::from_millis(ADDRESS_CONNECT_TIMEOUT_MS),
+            resolve: Vec::new(),
         }
     }
 }

@@ -4,8 +4,9 @@
 //! tenant per domain, named after it). `MODELS` (with optional `INSTRUCTIONS`) replaces
 //! `ASSISTANT_IDS` to use the Responses API; each of those two holds one entry for every
 //! domain, or one per domain. `EMAIL_TO`, `SMTP_*`, `OPENAI_BASE_URL`, `PORT`,
-//! `METRICS_LISTEN`, `STREAM_FORMAT`, `LEAD_TOOL`, `LEADS_DIR`, `GRACE_PERIOD_SECONDS` and
-//! `DRAIN_TIMEOUT_SECONDS` are optional. Everything else keeps its default.
+//! `METRICS_LISTEN`, `STREAM_FORMAT`, `LEAD_TOOL`, `LEADS_DIR`, `OPENAI_RESOLVE`,
+//! `GRACE_PERIOD_SECONDS` and `DRAIN_TIMEOUT_SECONDS` are optional. Everything else keeps its
+//! default.
 //! The `.env` file is parsed with Node dotenv's rules (see `dotenv`), and the process environment is never
 //! modified; variables of the process win over the file.
 
@@ -148,6 +149,7 @@ pub fn from_env_map(env: &HashMap<String, String>) -> Result<Config, ConfigError
             lead_recipients: for_tenant(&recipients, i).unwrap_or_default(),
             lead_tool: lead_tool.clone(),
             stream_format,
+            redact_run_objects: false,
         });
     }
     let mut leads = LeadSettings::default();
@@ -198,6 +200,7 @@ pub fn from_env_map(env: &HashMap<String, String>) -> Result<Config, ConfigError
     if let Some(url) = var(env, "OPENAI_BASE_URL") {
         check::base_url(url, &At::key("OPENAI_BASE_URL"), &mut upstream)?;
     }
+    upstream.resolve = resolve(env)?;
 
     let config = Config {
         server,
@@ -380,6 +383,33 @@ fn json_strings(env: &HashMap<String, String>, name: &str) -> Result<Vec<String>
         }
     }
     Ok(out)
+}
+
+/// `OPENAI_RESOLVE`: static addresses of the base URL's host, a JSON array (`[upstream] resolve`).
+fn resolve(env: &HashMap<String, String>) -> Result<Vec<std::net::IpAddr>, ConfigError> {
+    const NAME: &str = "OPENAI_RESOLVE";
+    let Some(raw) = var(env, NAME) else {
+        return Ok(Vec::new());
+    };
+    let shape = r#"it must be a JSON array of IP addresses, e.g. OPENAI_RESOLVE='["203.0.113.7","2001:db8::7"]'"#;
+    let Ok(Value::Array(items)) = serde_json::from_str(raw) else {
+        let got = check::shown(raw);
+        return Err(ConfigError::new(
+            NAME,
+            format!("is not a JSON array (got {got}): {shape}"),
+        ));
+    };
+    let item = |(i, item): (usize, &Value)| {
+        let at = At::key(format!("{NAME}[{i}]"));
+        match item {
+            Value::String(text) => check::resolve_address(text, &at),
+            other => Err(at.err(format!(
+                "is {}, not a string: {shape}",
+                check::json_kind(other)
+            ))),
+        }
+    };
+    items.iter().enumerate().map(item).collect()
 }
 
 /// `EMAIL_TO`: empty, one list for every domain, or one list per domain. Each entry may hold
@@ -1219,5 +1249,28 @@ mod tests {
         assert_eq!(err.key(), Some("OPENAI_API_KEYS"), "{err}");
         assert!(err.to_string().contains("JSON"), "{err}");
         assert!(!err.to_string().contains("SECRET"), "{err}");
+    }
+
+    #[test]
+    fn openai_resolve_gives_static_addresses() {
+        let config = from_env_map(&two_sites(&[])).unwrap();
+        assert!(config.upstream.resolve.is_empty());
+        let config =
+            from_env_map(&two_sites(&[("OPENAI_RESOLVE", r#"["127.0.0.2", "::1"]"#)])).unwrap();
+        let want: Vec<std::net::IpAddr> =
+            vec!["127.0.0.2".parse().unwrap(), "::1".parse().unwrap()];
+        assert_eq!(config.upstream.resolve, want);
+        let err = err_of(&two_sites(&[("OPENAI_RESOLVE", "127.0.0.1")]));
+        assert!(
+            err.starts_with("OPENAI_RESOLVE: is not a JSON array"),
+            "{err}"
+        );
+        let err = err_of(&two_sites(&[("OPENAI_RESOLVE", r#"["::1", "localhost"]"#)]));
+        assert!(
+            err.starts_with("OPENAI_RESOLVE[1]: is not an IP address"),
+            "{err}"
+        );
+        let err = err_of(&two_sites(&[("OPENAI_RESOLVE", "[1]")]));
+        assert!(err.starts_with("OPENAI_RESOLVE[0]: is a number"), "{err}");
     }
 }

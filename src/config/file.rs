@@ -57,6 +57,10 @@ struct RawServer {
     /// The older name of `drain_timeout_seconds`, still accepted.
     graceful_shutdown_timeout_seconds: Field,
     upgrade_sock: Field,
+    keepalive_timeout_seconds: Field,
+    request_header_timeout_seconds: Field,
+    request_body_timeout_seconds: Field,
+    stalled_reader_timeout_seconds: Field,
 }
 
 #[derive(Deserialize)]
@@ -67,6 +71,8 @@ struct RawUpstream {
     first_byte_timeout_ms: Field,
     idle_timeout_ms: Field,
     pool_idle_timeout_ms: Field,
+    address_connect_timeout_ms: Field,
+    resolve: Field,
 }
 
 #[derive(Deserialize)]
@@ -335,6 +341,31 @@ impl Doc<'_> {
             )?;
             server.upgrade_sock = check::upgrade_sock(&text, &at)?;
         }
+        let seconds = |field: &Field, key: &str, default: Duration| {
+            self.bounded(field, key, &check::SHUTDOWN_SECONDS, default.as_secs())
+                .map(Duration::from_secs)
+        };
+        let defaults = server.timeouts;
+        server.timeouts.keepalive = seconds(
+            &raw.keepalive_timeout_seconds,
+            "server.keepalive_timeout_seconds",
+            defaults.keepalive,
+        )?;
+        server.timeouts.request_header = seconds(
+            &raw.request_header_timeout_seconds,
+            "server.request_header_timeout_seconds",
+            defaults.request_header,
+        )?;
+        server.timeouts.request_body = seconds(
+            &raw.request_body_timeout_seconds,
+            "server.request_body_timeout_seconds",
+            defaults.request_body,
+        )?;
+        server.timeouts.stalled_reader = seconds(
+            &raw.stalled_reader_timeout_seconds,
+            "server.stalled_reader_timeout_seconds",
+            defaults.stalled_reader,
+        )?;
         Ok(server)
     }
 
@@ -406,7 +437,40 @@ impl Doc<'_> {
         upstream.first_byte_timeout = first_byte;
         upstream.idle_timeout = idle;
         upstream.pool_idle_timeout = pool_idle;
+        upstream.address_connect_timeout = self.address_connect_timeout(&raw, connect)?;
+        if let Some(field) = &raw.resolve {
+            let at = self.located("upstream.resolve", field);
+            for (text, item_at) in self.strings(field, &at, "resolve = [\"203.0.113.7\"]")? {
+                upstream
+                    .resolve
+                    .push(check::resolve_address(&text, &item_at)?);
+            }
+        }
         Ok(upstream)
+    }
+
+    /// `upstream.address_connect_timeout_ms`, at most `connect`.
+    fn address_connect_timeout(
+        &self,
+        raw: &RawUpstream,
+        connect: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let key = "upstream.address_connect_timeout_ms";
+        let default = defaults::ADDRESS_CONNECT_TIMEOUT_MS;
+        let value = match &raw.address_connect_timeout_ms {
+            Some(field) => Some((
+                self.bounded(
+                    &raw.address_connect_timeout_ms,
+                    key,
+                    &check::TIMEOUT_MS,
+                    default,
+                )?,
+                self.located(key, field),
+            )),
+            None => None,
+        };
+        let value = value.as_ref().map(|(ms, at)| (*ms, at));
+        check::address_connect_timeout(value, connect.as_millis() as u64).map(Duration::from_millis)
     }
 
     fn limits(&self, raw: Option<RawLimits>) -> Result<Limits, ConfigError> {
@@ -689,6 +753,7 @@ impl Doc<'_> {
             lead_recipients,
             lead_tool,
             stream_format,
+            redact_run_objects: false,
         })
     }
 
@@ -1181,6 +1246,7 @@ assistant_id = "asst_minimal"
                 grace_period_seconds: 0,
                 drain_timeout_seconds: 25,
                 upgrade_sock: "/tmp/chatbot-proxy-upgrade.sock".into(),
+                timeouts: Default::default(),
             }
         );
         let up = &config.upstream;
@@ -2375,5 +2441,58 @@ tools = [
             key_path_at(text, offset(" 1,")).as_deref(),
             Some("tenants[1].y")
         );
+    }
+
+    #[test]
+    fn resolve_and_address_connect_timeout() {
+        let config = load(MINIMAL).unwrap();
+        assert!(config.upstream.resolve.is_empty(), "DNS by default");
+        assert_eq!(
+            config.upstream.address_connect_timeout,
+            Duration::from_millis(1000)
+        );
+        let config = load(&format!(
+            "[upstream]\nbase_url = \"http://api.test:8090/v1\"\n\
+             resolve = [\"127.0.0.2\", \"::1\", \"[2001:db8::7]\"]\n\
+             address_connect_timeout_ms = 250\n{MINIMAL}"
+        ))
+        .unwrap();
+        let want: Vec<std::net::IpAddr> = ["127.0.0.2", "::1", "2001:db8::7"]
+            .iter()
+            .map(|ip| ip.parse().unwrap())
+            .collect();
+        assert_eq!(config.upstream.resolve, want);
+        assert_eq!(
+            config.upstream.address_connect_timeout,
+            Duration::from_millis(250)
+        );
+        // The default never exceeds a shorter connect timeout.
+        let config = load(&format!("[upstream]\nconnect_timeout_ms = 400\n{MINIMAL}")).unwrap();
+        assert_eq!(
+            config.upstream.address_connect_timeout,
+            Duration::from_millis(400)
+        );
+    }
+
+    #[test]
+    fn bad_resolve_entries_and_a_too_long_address_timeout_are_refused() {
+        let err = load_err(&format!(
+            "[upstream]\nresolve = [\"127.0.0.1\", \"127.0.0.1:8080\"]\n{MINIMAL}"
+        ));
+        assert!(
+            err.starts_with("chatbot-proxy.toml line 2: upstream.resolve[1]: is not an IP address"),
+            "{err}"
+        );
+        assert!(err.contains("without a port"), "{err}");
+        let err = load_err(&format!("[upstream]\nresolve = \"127.0.0.1\"\n{MINIMAL}"));
+        assert!(err.contains("upstream.resolve: must be an array"), "{err}");
+        let err = load_err(&format!(
+            "[upstream]\nconnect_timeout_ms = 1000\naddress_connect_timeout_ms = 2000\n{MINIMAL}"
+        ));
+        assert!(
+            err.starts_with("chatbot-proxy.toml line 3: upstream.address_connect_timeout_ms:"),
+            "{err}"
+        );
+        assert!(err.contains("connect_timeout_ms (1000)"), "{err}");
     }
 }

@@ -46,6 +46,33 @@ pub struct ServerSettings {
     /// The Unix socket on which a new process started with `--upgrade` receives the
     /// listening sockets from the running one (`[server] upgrade_sock`).
     pub upgrade_sock: String,
+    /// How long browsers may take at each step of a connection.
+    pub timeouts: ClientTimeouts,
+}
+
+/// Deadlines on the browser side of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientTimeouts {
+    /// Longest wait for the next request on an open connection (default 60 s).
+    pub keepalive: Duration,
+    /// Longest time from a request's first byte to the end of its header (default 10 s).
+    pub request_header: Duration,
+    /// Longest time to receive a whole request body, in total (default 15 s).
+    pub request_body: Duration,
+    /// Longest time a response write may make no progress because the browser stopped
+    /// reading (default 30 s).
+    pub stalled_reader: Duration,
+}
+
+impl Default for ClientTimeouts {
+    fn default() -> Self {
+        ClientTimeouts {
+            keepalive: Duration::from_secs(60),
+            request_header: Duration::from_secs(10),
+            request_body: Duration::from_secs(15),
+            stalled_reader: Duration::from_secs(30),
+        }
+    }
 }
 
 /// The upstream API and its timeouts.
@@ -69,6 +96,12 @@ pub struct UpstreamSettings {
     pub idle_timeout: Duration,
     /// How long an idle pooled upstream connection is kept.
     pub pool_idle_timeout: Duration,
+    /// Connect timeout of one address when there are several (at most `connect_timeout`,
+    /// which bounds the whole attempt; the last address gets whatever is left of it).
+    pub address_connect_timeout: Duration,
+    /// Static addresses of `host`, tried in this order instead of resolving it (`[upstream]
+    /// resolve`, `OPENAI_RESOLVE`, like curl's `--resolve`); empty: resolve by DNS.
+    pub resolve: Vec<std::net::IpAddr>,
 }
 
 /// Limits on requests from browsers.
@@ -97,6 +130,9 @@ pub struct Tenant {
     pub lead_tool: String,
     /// How the event stream is framed for the browser.
     pub stream_format: StreamFormat,
+    /// Blank `instructions` and `tools` in the run objects of the `openai` stream format, so
+    /// the system prompt never reaches browsers (default off: the bytes pass unchanged).
+    pub redact_run_objects: bool,
 }
 
 /// The upstream API a tenant talks to.

@@ -171,6 +171,7 @@ mod tests {
             lead_recipients: recipients.iter().map(|r| r.to_string()).collect(),
             lead_tool: "sendEmail".into(),
             stream_format: StreamFormat::OpenAi,
+            redact_run_objects: false,
         }
     }
 

@@ -20,7 +20,7 @@ use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinSet;
 
 use super::backoff::{jitter, Backoff};
-use super::journal::{unix_now, Journal, LeadRecord, Record};
+use super::journal::{unix_now, Journal, JournalError, LeadRecord, Record};
 use super::lead::{self, Context};
 use super::mailer::Mailer;
 use super::outbox::Outbox;
@@ -217,14 +217,14 @@ impl Courier {
 
     /// Appends a record to the journal on a blocking thread (the append waits for the disk).
     /// The write completes even if the caller stops waiting.
-    async fn write(self: &Arc<Self>, record: Record) -> Result<(), String> {
+    async fn write(self: &Arc<Self>, record: Record) -> Result<(), JournalError> {
         let courier = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
             let mut journal = courier.journal.lock().unwrap_or_else(|p| p.into_inner());
             journal.append(&record)
         })
         .await
-        .unwrap_or_else(|e| Err(format!("the journal write did not finish: {e}")))
+        .unwrap_or_else(|e| Err(JournalError::Unfinished(e)))
     }
 
     /// Adopts the journal segments of processes that have exited (on a blocking thread) and

@@ -22,14 +22,15 @@
 //! from two segments.
 
 use std::collections::HashSet;
+use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Write};
+use std::io::{self, ErrorKind, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::lead::Lead;
-use super::segments::{self, Orphan, Segment, SyncDir};
+use super::segments::{self, Orphan, Segment};
 
 /// The journal's file name inside the leads directory, for a single process (the primary
 /// segment).
@@ -68,9 +69,118 @@ pub struct LeadRecord {
     pub lead: Lead,
 }
 
+/// Why the journal could not be opened or written; the message says what to check.
+#[derive(Debug)]
+pub enum JournalError {
+    /// A file-system step failed on `path`.
+    Io {
+        step: JournalStep,
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// A record could not be encoded as JSON.
+    Encode(serde_json::Error),
+    /// The blocking task writing a record did not finish (it panicked or was cancelled).
+    Unfinished(tokio::task::JoinError),
+}
+
+/// The file-system step a [`JournalError::Io`] failed at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JournalStep {
+    /// Creating the lead directory.
+    CreateDir,
+    /// Opening a journal segment's lock file.
+    OpenLock,
+    /// Taking a segment's lock.
+    Lock,
+    /// Reading the journal.
+    Read,
+    /// Writing (or flushing) the journal or its compacted copy.
+    Write,
+    /// Renaming the compacted copy over the journal.
+    Replace,
+    /// Flushing the directory's entries.
+    SyncDir,
+    /// Deleting a journal segment adopted from a process that has exited.
+    Delete,
+}
+
+impl fmt::Display for JournalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JournalError::Io { step, path, source } => {
+                let path = path.display();
+                match step {
+                    JournalStep::CreateDir => write!(
+                        f,
+                        "cannot create the lead directory {path}: {source}; create it or point \
+                         leads.dir at a writable directory"
+                    ),
+                    JournalStep::OpenLock => write!(
+                        f,
+                        "cannot open {path}: {source}; check the directory's permissions"
+                    ),
+                    JournalStep::Lock => write!(f, "cannot lock {path}: {source}"),
+                    JournalStep::Read => write!(
+                        f,
+                        "cannot read the lead journal {path}: {source}; check its permissions"
+                    ),
+                    JournalStep::Write => write!(
+                        f,
+                        "cannot write the lead journal {path}: {source}; check free space and \
+                         permissions"
+                    ),
+                    JournalStep::Replace => write!(
+                        f,
+                        "cannot replace the lead journal {path} with its compacted copy: \
+                         {source}; check the directory's permissions"
+                    ),
+                    JournalStep::Delete => write!(
+                        f,
+                        "cannot delete {path}: {source}; check the lead directory's permissions"
+                    ),
+                    JournalStep::SyncDir => {
+                        write!(
+                            f,
+                            "cannot flush the lead directory {path} to disk: {source}"
+                        )
+                    }
+                }
+            }
+            JournalError::Encode(e) => write!(f, "cannot encode a journal record: {e}"),
+            JournalError::Unfinished(e) => write!(f, "the journal write did not finish: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for JournalError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            JournalError::Io { source, .. } => Some(source),
+            JournalError::Encode(e) => Some(e),
+            JournalError::Unfinished(e) => Some(e),
+        }
+    }
+}
+
+impl JournalError {
+    /// `step` failed on `path`.
+    pub(super) fn io(step: JournalStep, path: &Path, source: io::Error) -> JournalError {
+        JournalError::Io {
+            step,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
 /// The journal is compacted while running once it is at least this long and at least
 /// twice as long as its pending leads.
 const COMPACT_OVER_BYTES: u64 = 1 << 20;
+
+/// How the directory is flushed after a compaction's rename or an adopted segment's
+/// deletion: [`sync_dir`], or a failing stand-in in tests.
+pub(super) type SyncDir = fn(&Path) -> Result<(), JournalError>;
 
 /// The open journal, positioned for appending.
 #[derive(Debug)]
@@ -99,19 +209,16 @@ impl Journal {
     /// segments of processes that have exited, and returns the journal with the pending
     /// leads, its own in capture order, then the adopted ones. The file is compacted to just
     /// those leads.
-    pub fn open(dir: &Path) -> Result<(Journal, Vec<LeadRecord>), String> {
+    pub fn open(dir: &Path) -> Result<(Journal, Vec<LeadRecord>), JournalError> {
         Journal::open_with(dir, sync_dir)
     }
 
     /// [`Journal::open`], flushing the directory with `sync_dir`.
-    fn open_with(dir: &Path, sync_dir: SyncDir) -> Result<(Journal, Vec<LeadRecord>), String> {
-        fs::create_dir_all(dir).map_err(|e| {
-            format!(
-                "cannot create the lead directory {}: {e}; create it or point leads.dir at \
-                 a writable directory",
-                dir.display()
-            )
-        })?;
+    fn open_with(
+        dir: &Path,
+        sync_dir: SyncDir,
+    ) -> Result<(Journal, Vec<LeadRecord>), JournalError> {
+        fs::create_dir_all(dir).map_err(|e| JournalError::io(JournalStep::CreateDir, dir, e))?;
         let segment = segments::claim(dir)?;
         let path = segment.journal(dir);
         if !segment.is_primary() {
@@ -138,7 +245,7 @@ impl Journal {
         let pending = leads
             .iter()
             .map(|lead| Ok((lead.id.clone(), encode(&Record::Lead(lead.clone()))?)))
-            .collect::<Result<Vec<_>, String>>()?;
+            .collect::<Result<Vec<_>, JournalError>>()?;
         let rewritten = rewrite(dir, &path, &segment.compacting(dir), &pending, sync_dir)?;
         let mut journal = Journal {
             dir: dir.to_path_buf(),
@@ -236,7 +343,7 @@ impl Journal {
 
     /// Appends one record and flushes it to disk. On failure the file is cut back so the
     /// next append starts on a clean line.
-    pub fn append(&mut self, record: &Record) -> Result<(), String> {
+    pub fn append(&mut self, record: &Record) -> Result<(), JournalError> {
         let line = encode(record)?;
         let written = self
             .file
@@ -244,7 +351,7 @@ impl Journal {
             .and_then(|()| self.file.sync_data());
         if let Err(e) = written {
             let _ = self.file.set_len(self.len);
-            return Err(cannot_write(&self.path, &e));
+            return Err(JournalError::io(JournalStep::Write, &self.path, e));
         }
         self.len += line.len() as u64;
         if !self.dir_synced && (self.sync_dir)(&self.dir).is_ok() {
@@ -288,7 +395,7 @@ impl Journal {
     }
 
     /// Records how the directory flush after a compaction went, warning when it failed.
-    fn note_dir_sync(&mut self, flushed: Result<(), String>) {
+    fn note_dir_sync(&mut self, flushed: Result<(), JournalError>) {
         match flushed {
             Ok(()) => self.dir_synced = true,
             Err(e) => {
@@ -305,21 +412,17 @@ impl Journal {
 }
 
 /// A journal file's bytes; a missing file is empty.
-fn read(path: &Path) -> Result<Vec<u8>, String> {
+fn read(path: &Path) -> Result<Vec<u8>, JournalError> {
     match fs::read(path) {
         Ok(bytes) => Ok(bytes),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(format!(
-            "cannot read the lead journal {}: {e}; check its permissions",
-            path.display()
-        )),
+        Err(e) => Err(JournalError::io(JournalStep::Read, path, e)),
     }
 }
 
 /// A record as one line of JSON, with its line end.
-fn encode(record: &Record) -> Result<Vec<u8>, String> {
-    let mut line =
-        serde_json::to_vec(record).map_err(|e| format!("cannot encode a journal record: {e}"))?;
+fn encode(record: &Record) -> Result<Vec<u8>, JournalError> {
+    let mut line = serde_json::to_vec(record).map_err(JournalError::Encode)?;
     line.push(b'\n');
     Ok(line)
 }
@@ -329,13 +432,6 @@ pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-fn cannot_write(path: &Path, e: &std::io::Error) -> String {
-    format!(
-        "cannot write the lead journal {}: {e}; check free space and permissions",
-        path.display()
-    )
 }
 
 /// The pending leads of a journal's contents: leads without a later delivered mark, in
@@ -381,40 +477,34 @@ struct Rewritten {
     /// Its length.
     len: u64,
     /// Whether the directory was flushed after the rename (an error says why not).
-    dir_synced: Result<(), String>,
+    dir_synced: Result<(), JournalError>,
 }
 
-/// Replaces the journal file `target` (in `dir`) with one holding just the `pending` lines, durably:
-/// they go to a new file (`temporary`), flushed, renamed over the journal, and the directory
-/// is flushed with `sync_dir`. An error means the journal is unchanged; once the rename is
-/// done the new file is returned, with the outcome of the directory flush.
+/// Replaces the journal file `target` (in `dir`) with one holding just the `pending` lines,
+/// durably: they go to a new file (`temporary`), flushed, renamed over the journal, and the
+/// directory is flushed with `sync_dir`. An error means the journal is unchanged; once the
+/// rename is done the new file is returned, with the outcome of the directory flush.
 fn rewrite(
     dir: &Path,
     target: &Path,
     temporary: &Path,
     pending: &[(String, Vec<u8>)],
     sync_dir: SyncDir,
-) -> Result<Rewritten, String> {
+) -> Result<Rewritten, JournalError> {
+    let cannot_write = |e| JournalError::io(JournalStep::Write, temporary, e);
     match fs::remove_file(temporary) {
         Ok(()) => {}
         Err(e) if e.kind() == ErrorKind::NotFound => {}
-        Err(e) => return Err(cannot_write(temporary, &e)),
+        Err(e) => return Err(cannot_write(e)),
     }
-    let mut file = create_private(temporary).map_err(|e| cannot_write(temporary, &e))?;
+    let mut file = create_private(temporary).map_err(cannot_write)?;
     let mut len = 0;
     for (_, line) in pending {
-        file.write_all(line)
-            .map_err(|e| cannot_write(temporary, &e))?;
+        file.write_all(line).map_err(cannot_write)?;
         len += line.len() as u64;
     }
-    file.sync_all().map_err(|e| cannot_write(temporary, &e))?;
-    fs::rename(temporary, target).map_err(|e| {
-        format!(
-            "cannot replace the lead journal {} with its compacted copy: {e}; check the \
-             directory's permissions",
-            target.display()
-        )
-    })?;
+    file.sync_all().map_err(cannot_write)?;
+    fs::rename(temporary, target).map_err(|e| JournalError::io(JournalStep::Replace, target, e))?;
     Ok(Rewritten {
         file,
         len,
@@ -436,15 +526,12 @@ fn create_private(path: &Path) -> std::io::Result<File> {
 }
 
 /// Flushes a directory's entries (new names, renames) to disk.
-fn sync_dir(dir: &Path) -> Result<(), String> {
+fn sync_dir(dir: &Path) -> Result<(), JournalError> {
     #[cfg(unix)]
     {
-        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| {
-            format!(
-                "cannot flush the lead directory {} to disk: {e}",
-                dir.display()
-            )
-        })?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| JournalError::io(JournalStep::SyncDir, dir, e))?;
     }
     #[cfg(not(unix))]
     let _ = dir;
@@ -701,8 +788,12 @@ mod tests {
     }
 
     /// A directory flush that always fails, as on a failing disk.
-    fn failing_sync(dir: &Path) -> Result<(), String> {
-        Err(format!("cannot flush {} (injected failure)", dir.display()))
+    fn failing_sync(dir: &Path) -> Result<(), JournalError> {
+        Err(JournalError::io(
+            JournalStep::SyncDir,
+            dir,
+            io::Error::other("injected failure"),
+        ))
     }
 
     /// The lead ids in the journal file on disk, in order.

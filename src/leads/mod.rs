@@ -8,7 +8,7 @@
 //! most `send_timeout`; then the background service retries with [`backoff`]) → [`reply`]
 //! (the tool output). The e-mail itself is built in [`lead`] and sent by [`mailer`].
 //!
-//! Every call is counted in [`Metrics`] (`leads_total{tenant,result}`).
+//! Every call is counted in the proxy's metrics (`leads_total{tenant,result}`).
 //!
 //! Logging: lead ids, tenants, sites and conversations at info; the visitor's name and
 //! address at debug only; the message body and the SMTP password never.
@@ -23,6 +23,7 @@ mod outbox;
 mod reply;
 mod segments;
 
+use std::fmt;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,11 +33,13 @@ use pingora::services::background::BackgroundService;
 use tokio::sync::oneshot;
 
 use crate::config::{LeadSettings, SmtpSettings, Tenant};
-use crate::metrics::{LeadResult, Metrics};
+use crate::metrics::{LeadResult, Metrics, PendingLeads};
 use caps::{Caps, Refusal};
 use delivery::{Courier, Outcome};
 use journal::{unix_now, Journal, LeadRecord};
 use mailer::Mailer;
+
+pub use journal::{JournalError, JournalStep};
 
 /// Where a lead-tool call came from.
 #[derive(Debug, Clone, Copy)]
@@ -63,18 +66,18 @@ impl LeadDesk {
     pub fn open(
         settings: &LeadSettings,
         smtp: Option<&SmtpSettings>,
-    ) -> Result<Arc<LeadDesk>, String> {
+    ) -> Result<Arc<LeadDesk>, OpenError> {
         LeadDesk::open_with_metrics(settings, smtp, Arc::new(Metrics::new()))
     }
 
     /// [`LeadDesk::open`], counting captures in `metrics`.
-    pub fn open_with_metrics(
+    pub(crate) fn open_with_metrics(
         settings: &LeadSettings,
         smtp: Option<&SmtpSettings>,
         metrics: Arc<Metrics>,
-    ) -> Result<Arc<LeadDesk>, String> {
-        let mailer = smtp.map(Mailer::new).transpose()?;
-        let (journal, pending) = Journal::open(&settings.dir)?;
+    ) -> Result<Arc<LeadDesk>, OpenError> {
+        let mailer = smtp.map(Mailer::new).transpose().map_err(OpenError::Smtp)?;
+        let (journal, pending) = Journal::open(&settings.dir).map_err(OpenError::Journal)?;
         let path = journal.path().display().to_string();
         match &mailer {
             Some(mailer) => log::info!("lead e-mails go through {}", mailer.server()),
@@ -210,6 +213,39 @@ impl LeadDesk {
     /// and stops on shutdown.
     pub fn delivery_service(self: &Arc<Self>) -> impl BackgroundService + Send + Sync + 'static {
         self.courier.service()
+    }
+}
+
+impl PendingLeads for LeadDesk {
+    fn pending_leads(&self) -> usize {
+        self.pending_count()
+    }
+}
+
+/// Why the lead desk cannot open; the message says what to fix.
+#[derive(Debug)]
+pub enum OpenError {
+    /// The SMTP settings do not make a mailer (the `From` mailbox, the TLS set-up).
+    Smtp(String),
+    /// The journal cannot be opened (see [`JournalError`]).
+    Journal(JournalError),
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpenError::Smtp(why) => f.write_str(why),
+            OpenError::Journal(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for OpenError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            OpenError::Smtp(_) => None,
+            OpenError::Journal(e) => Some(e),
+        }
     }
 }
 

@@ -19,8 +19,7 @@
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 
-/// How the directory is flushed after a change of its entries.
-pub type SyncDir = fn(&Path) -> Result<(), String>;
+use super::journal::{JournalError, JournalStep, SyncDir};
 
 /// The primary segment's stem.
 pub const PRIMARY: &str = "leads";
@@ -70,7 +69,7 @@ impl Orphan {
     /// deletion is durable before the adopted leads are delivered. The primary's lock file
     /// stays (the next process takes that lock); another segment's goes, while still held.
     /// On failure the orphan is handed back, still locked, with the reason.
-    pub fn remove(self, dir: &Path, sync_dir: SyncDir) -> Result<(), (Orphan, String)> {
+    pub fn remove(self, dir: &Path, sync_dir: SyncDir) -> Result<(), (Orphan, JournalError)> {
         let removed = [
             journal_path(dir, &self.stem),
             compacting_path(dir, &self.stem),
@@ -103,21 +102,18 @@ fn lock_path(dir: &Path, stem: &str) -> PathBuf {
     dir.join(format!("{stem}.lock"))
 }
 
-fn remove_if_present(path: &Path) -> Result<(), String> {
+fn remove_if_present(path: &Path) -> Result<(), JournalError> {
     match fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(format!(
-            "cannot delete {}: {e}; check the lead directory's permissions",
-            path.display()
-        )),
+        Err(e) => Err(JournalError::io(JournalStep::Delete, path, e)),
     }
 }
 
 /// Opens `stem`'s lock file (creating it when `create_new` is false and it is missing; only
 /// creating a new one when `create_new`) and tries to lock it. `Ok(None)`: another process
 /// holds it.
-fn try_lock(dir: &Path, stem: &str, create_new: bool) -> Result<Option<File>, String> {
+fn try_lock(dir: &Path, stem: &str, create_new: bool) -> Result<Option<File>, JournalError> {
     let path = lock_path(dir, stem);
     let mut options = OpenOptions::new();
     options.write(true);
@@ -126,29 +122,28 @@ fn try_lock(dir: &Path, stem: &str, create_new: bool) -> Result<Option<File>, St
     } else {
         options.create(true).truncate(false);
     }
-    let file = options.open(&path).map_err(|e| {
-        format!(
-            "cannot open {}: {e}; check the lead directory's permissions",
-            path.display()
-        )
-    })?;
+    let file = options
+        .open(&path)
+        .map_err(|e| JournalError::io(JournalStep::OpenLock, &path, e))?;
     match file.try_lock() {
         Ok(()) => Ok(Some(file)),
         Err(TryLockError::WouldBlock) => Ok(None),
-        Err(TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
+        Err(TryLockError::Error(e)) => Err(JournalError::io(JournalStep::Lock, &path, e)),
     }
 }
 
 /// Takes the primary segment if no other process holds it, else a new segment of this
 /// process's own.
-pub fn claim(dir: &Path) -> Result<Segment, String> {
+pub fn claim(dir: &Path) -> Result<Segment, JournalError> {
     if let Some(lock) = try_lock(dir, PRIMARY, false)? {
         return Ok(Segment {
             stem: PRIMARY.to_string(),
             _lock: lock,
         });
     }
-    for attempt in 0u32..16 {
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
         let salt = std::hash::BuildHasher::hash_one(
             &std::collections::hash_map::RandomState::new(),
             (std::time::SystemTime::now(), attempt),
@@ -162,14 +157,14 @@ pub fn claim(dir: &Path) -> Result<Segment, String> {
             Ok(Some(lock)) => return Ok(Segment { stem, _lock: lock }),
             // A name just taken by another process: draw another.
             Ok(None) => continue,
-            Err(_) if lock_path(dir, &stem).exists() => continue,
+            Err(JournalError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::AlreadyExists && attempt < 16 =>
+            {
+                continue
+            }
             Err(e) => return Err(e),
         }
     }
-    Err(format!(
-        "cannot create a journal segment in the lead directory {}: check its permissions",
-        dir.display()
-    ))
 }
 
 /// The segments in `dir` other than `own` whose lock is free (their process has exited),
@@ -210,7 +205,7 @@ pub fn orphans(dir: &Path, own: &str) -> Vec<Orphan> {
 mod tests {
     use super::*;
 
-    fn no_sync(_: &Path) -> Result<(), String> {
+    fn no_sync(_: &Path) -> Result<(), JournalError> {
         Ok(())
     }
 

@@ -2,16 +2,17 @@
 //!
 //! `HttpPeer::new` with a host name resolves with a blocking call on whatever thread runs it.
 //! Here names are resolved with `tokio::net::lookup_host` (which runs the system resolver on
-//! tokio's blocking pool) and cached for a short time; the cached addresses are used in turn.
-//! When a refresh fails, the last good answer keeps serving so a resolver hiccup does not
-//! take the proxy down.
+//! tokio's blocking pool) and cached for a short time. A lookup yields all the addresses of the
+//! name, families interleaved (see `addresses`), for the caller to try in turn. When a refresh
+//! fails, the last good answer keeps serving so a resolver hiccup does not take the proxy down.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use super::addresses::interleave_families;
 
 /// How long a resolved address list is trusted.
 const TTL: Duration = Duration::from_secs(60);
@@ -25,7 +26,6 @@ struct Entry {
 #[derive(Default)]
 pub struct Resolver {
     cache: Mutex<HashMap<(String, u16), Entry>>,
-    turn: AtomicUsize,
 }
 
 impl Resolver {
@@ -33,11 +33,11 @@ impl Resolver {
         Self::default()
     }
 
-    /// One address for `host:port`: IP literals as they are, names from the cache or a fresh
-    /// lookup. Successive calls rotate over the addresses a name has.
-    pub async fn resolve(&self, host: &str, port: u16) -> io::Result<SocketAddr> {
+    /// The addresses of `host:port`, never empty: an IP literal as it is, a name's from the
+    /// cache or a fresh lookup, in Happy Eyeballs order.
+    pub async fn resolve(&self, host: &str, port: u16) -> io::Result<Arc<[SocketAddr]>> {
         if let Ok(ip) = host.parse::<IpAddr>() {
-            return Ok(SocketAddr::new(ip, port));
+            return Ok(Arc::new([SocketAddr::new(ip, port)]));
         }
         let key = (host.to_string(), port);
         let cached = {
@@ -50,7 +50,8 @@ impl Resolver {
             Some((addrs, true)) => addrs,
             stale => match tokio::net::lookup_host((host, port)).await {
                 Ok(found) => {
-                    let addrs: Arc<[SocketAddr]> = found.collect::<Vec<_>>().into();
+                    let found: Vec<SocketAddr> = found.collect();
+                    let addrs: Arc<[SocketAddr]> = interleave_families(&found).into();
                     if addrs.is_empty() {
                         return Err(io::Error::new(
                             io::ErrorKind::NotFound,
@@ -76,8 +77,7 @@ impl Resolver {
                 },
             },
         };
-        let i = self.turn.fetch_add(1, Ordering::Relaxed) % addrs.len();
-        Ok(addrs[i])
+        Ok(addrs)
     }
 }
 
@@ -89,21 +89,24 @@ mod tests {
     async fn ip_literals_need_no_lookup() {
         let r = Resolver::new();
         assert_eq!(
-            r.resolve("127.0.0.1", 8080).await.unwrap(),
-            "127.0.0.1:8080".parse().unwrap()
+            *r.resolve("127.0.0.1", 8080).await.unwrap(),
+            ["127.0.0.1:8080".parse().unwrap()]
         );
         assert_eq!(
-            r.resolve("::1", 443).await.unwrap(),
-            "[::1]:443".parse().unwrap()
+            *r.resolve("::1", 443).await.unwrap(),
+            ["[::1]:443".parse().unwrap()]
         );
     }
 
     #[tokio::test]
     async fn names_are_resolved_and_cached() {
         let r = Resolver::new();
-        let a = r.resolve("localhost", 9).await.unwrap();
-        assert!(a.ip().is_loopback());
-        assert_eq!(a.port(), 9);
+        let all = r.resolve("localhost", 9).await.unwrap();
+        assert!(!all.is_empty());
+        for a in all.iter() {
+            assert!(a.ip().is_loopback());
+            assert_eq!(a.port(), 9);
+        }
         assert_eq!(r.cache.lock().unwrap().len(), 1);
         r.resolve("localhost", 9).await.unwrap();
         assert_eq!(r.cache.lock().unwrap().len(), 1);

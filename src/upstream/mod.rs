@@ -4,7 +4,16 @@
 //! request header with the tenant's key; the response is either read whole (small JSON
 //! answers) or chunk by chunk (streams), with a first-byte timeout and an idle timeout between
 //! chunks. A connection goes back to the pool only when its response was read to the end.
+//!
+//! The host's addresses (from DNS, or static ones from `[upstream] resolve`) are tried one
+//! after the other until one connects, each within `address_connect_timeout` and all of them
+//! within `connect_timeout`; the one that connected is tried first next time (`addresses`).
+//! Pingora pools connections by peer, and a peer is one address: a request reuses only
+//! connections to the address it is trying, a response goes back to the pool of the address
+//! it came from, and when another address takes over, the old one's idle connections are
+//! left to expire (`pool_idle_timeout`) rather than reused.
 
+mod addresses;
 mod dns;
 
 use crate::config::{Secret, UpstreamSettings};
@@ -17,9 +26,12 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::RetryType;
 use std::fmt;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::time::timeout;
+use tokio::time::{timeout, Instant};
+
+use addresses::{attempt_order, Preferred};
 
 pub use dns::Resolver;
 
@@ -103,14 +115,34 @@ pub struct UpstreamClient {
     connector: Connector,
     settings: UpstreamSettings,
     resolver: Resolver,
+    /// The static addresses of `[upstream] resolve`, if any: used instead of DNS.
+    pinned: Option<Arc<[SocketAddr]>>,
+    /// The address that last connected.
+    preferred: Preferred,
 }
 
 impl UpstreamClient {
     pub fn new(settings: UpstreamSettings) -> Arc<Self> {
+        let pinned: Option<Arc<[SocketAddr]>> = (!settings.resolve.is_empty()).then(|| {
+            let port = settings.port;
+            settings
+                .resolve
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, port))
+                .collect()
+        });
+        if let Some(pinned) = &pinned {
+            log::info!(
+                "upstream {}: static addresses {pinned:?} (resolve), not DNS",
+                settings.host
+            );
+        }
         Arc::new(UpstreamClient {
             connector: Connector::new(None),
             settings,
             resolver: Resolver::new(),
+            pinned,
+            preferred: Preferred::default(),
         })
     }
 
@@ -118,13 +150,85 @@ impl UpstreamClient {
         &self.settings
     }
 
-    fn peer(&self, addr: std::net::SocketAddr) -> HttpPeer {
+    /// The peer for `addr`: TCP connect within `tcp`, TCP and TLS within `total`. Timeouts are
+    /// not part of a peer's pool key, so every peer of one address shares that address's pool.
+    fn peer(&self, addr: SocketAddr, tcp: Duration, total: Duration) -> HttpPeer {
         let s = &self.settings;
         let mut peer = HttpPeer::new(addr, s.tls, s.host.clone());
-        peer.options.connection_timeout = Some(s.connect_timeout);
-        peer.options.total_connection_timeout = Some(s.connect_timeout * 2);
+        peer.options.connection_timeout = Some(tcp);
+        peer.options.total_connection_timeout = Some(total);
         peer.options.idle_timeout = Some(s.pool_idle_timeout);
         peer
+    }
+
+    /// The addresses to try for one request, in order.
+    async fn candidates(&self) -> Result<Vec<SocketAddr>, UpstreamError> {
+        let s = &self.settings;
+        let unresolved = |e| UpstreamError::Unreachable(format!("resolving {}: {e}", s.host));
+        let all = match &self.pinned {
+            Some(pinned) => pinned.clone(),
+            None => self
+                .resolver
+                .resolve(&s.host, s.port)
+                .await
+                .map_err(unresolved)?,
+        };
+        Ok(attempt_order(&all, self.preferred.get()))
+    }
+
+    /// A session to the first of `candidates` that connects (a pooled one counts), with its
+    /// peer and whether it was pooled. Each address but the last gets
+    /// `address_connect_timeout`; all together get `connect_timeout`. A failed address is
+    /// logged and the next one tried; only when none is left does the request fail, with the
+    /// last address's error (a timeout when the time ran out).
+    async fn connect(
+        &self,
+        candidates: &[SocketAddr],
+    ) -> Result<(HttpSession, bool, HttpPeer), UpstreamError> {
+        let s = &self.settings;
+        let deadline = Instant::now() + s.connect_timeout;
+        let mut failure = UpstreamError::Unreachable(format!("{} has no address", s.host));
+        for (i, &addr) in candidates.iter().enumerate() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                failure = UpstreamError::Timeout("connecting");
+                break;
+            }
+            let next = candidates.get(i + 1);
+            let tcp = match next {
+                Some(_) => s.address_connect_timeout.min(left),
+                None => left,
+            };
+            let peer = self.peer(addr, tcp, left);
+            let why = match timeout(left, self.connector.get_http_session(&peer)).await {
+                Ok(Ok((session, reused))) => {
+                    if let Some(old) = self.preferred.worked(addr) {
+                        log::info!("upstream {}: now connecting to {addr} (was {old})", s.host);
+                    }
+                    return Ok((session, reused, peer));
+                }
+                Ok(Err(e)) => {
+                    failure = classify_connect_error(&e);
+                    e.etype().as_str()
+                }
+                Err(_) => {
+                    failure = UpstreamError::Timeout("connecting");
+                    "timed out"
+                }
+            };
+            match next {
+                Some(next) => log::warn!(
+                    "upstream {}: connecting to {addr} failed ({why}); trying {next}",
+                    s.host
+                ),
+                None if candidates.len() > 1 => log::warn!(
+                    "upstream {}: connecting to {addr} failed ({why}); no address left",
+                    s.host
+                ),
+                None => {}
+            }
+        }
+        Err(failure)
     }
 
     fn request_header(
@@ -180,28 +284,19 @@ impl UpstreamClient {
 
     /// Send `req` with the tenant's `key` and wait for the response header.
     ///
-    /// A pooled connection that turns out to be dead before any response byte is retried once
-    /// on a fresh connection.
+    /// The host's addresses are tried in turn until one connects (see [`Self::connect`]); only
+    /// connecting is repeated there, never a request. A pooled connection that turns out to
+    /// be dead before any response byte is retried once on a fresh connection.
     pub async fn send(
         self: &Arc<Self>,
         req: &UpstreamRequest,
         key: &Secret,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        let s = &self.settings;
-        let addr = self
-            .resolver
-            .resolve(&s.host, s.port)
-            .await
-            .map_err(|e| UpstreamError::Unreachable(format!("resolving {}: {e}", s.host)))?;
-        let peer = self.peer(addr);
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let (mut session, reused) = self
-                .connector
-                .get_http_session(&peer)
-                .await
-                .map_err(|e| classify_connect_error(&e))?;
+            let candidates = self.candidates().await?;
+            let (mut session, reused, peer) = self.connect(&candidates).await?;
             match self.exchange(&mut session, req, key).await {
                 Ok(()) => {
                     let header = session
@@ -454,6 +549,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
+    use tokio::task::JoinHandle;
 
     fn settings(port: u16) -> UpstreamSettings {
         UpstreamSettings {
@@ -466,6 +562,8 @@ mod tests {
             first_byte_timeout: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(2),
             pool_idle_timeout: Duration::from_secs(30),
+            address_connect_timeout: Duration::from_secs(1),
+            resolve: Vec::new(),
         }
     }
 
@@ -571,5 +669,179 @@ mod tests {
             "the POST was sent twice"
         );
         assert_eq!(connections.load(Ordering::SeqCst), 1);
+    }
+
+    /// Answers every request on every connection of `listener` with `OK`; counts connections
+    /// and requests. Aborting the returned task closes the listener and every connection.
+    fn keep_alive_server(
+        listener: TcpListener,
+    ) -> (Arc<AtomicUsize>, Arc<AtomicUsize>, JoinHandle<()>) {
+        let (connections, requests) =
+            (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (c, r) = (connections.clone(), requests.clone());
+        let task = tokio::spawn(async move {
+            let mut open = tokio::task::JoinSet::new();
+            while let Ok((mut conn, _)) = listener.accept().await {
+                c.fetch_add(1, Ordering::SeqCst);
+                let r = r.clone();
+                open.spawn(async move {
+                    while read_request(&mut conn).await.is_some() {
+                        r.fetch_add(1, Ordering::SeqCst);
+                        if conn.write_all(OK).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (connections, requests, task)
+    }
+
+    /// A listener on `ip:port` that never accepts, with its queue (backlog 0: one connection)
+    /// already full, so that connecting to it hangs (the kernel drops the SYN).
+    async fn blackhole(ip: &str, port: u16) -> (TcpListener, TcpStream) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(format!("{ip}:{port}").parse().unwrap())
+            .unwrap();
+        let listener = socket.listen(0).unwrap();
+        let filler = TcpStream::connect((ip, port)).await.unwrap();
+        (listener, filler)
+    }
+
+    /// Settings for the name `api.test` with the static addresses `resolve`.
+    fn named(port: u16, resolve: &[&str]) -> UpstreamSettings {
+        UpstreamSettings {
+            base_url: format!("http://api.test:{port}/v1"),
+            host: "api.test".into(),
+            resolve: resolve.iter().map(|ip| ip.parse().unwrap()).collect(),
+            ..settings(port)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_address_is_skipped_and_the_one_that_worked_is_remembered() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (connections, ..) = keep_alive_server(listener);
+        let up: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let client = UpstreamClient::new(named(port, &["::1", "127.0.0.1"]));
+        assert_eq!(
+            client.candidates().await.unwrap()[0].to_string(),
+            format!("[::1]:{port}")
+        );
+        for _ in 0..3 {
+            let resp = client
+                .send(&post(), &key())
+                .await
+                .expect("the second address works");
+            assert_eq!(resp.status, 200);
+            resp.read_all().await.unwrap();
+        }
+        assert_eq!(client.preferred.get(), Some(up));
+        assert_eq!(
+            client.candidates().await.unwrap()[0],
+            up,
+            "tried first from now on"
+        );
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            1,
+            "the connection was pooled"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_address_that_hangs_costs_only_the_per_address_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        keep_alive_server(listener);
+        let _hole = blackhole("127.0.0.3", port).await;
+        let mut settings = named(port, &["127.0.0.3", "127.0.0.1"]);
+        settings.connect_timeout = Duration::from_secs(2);
+        settings.address_connect_timeout = Duration::from_millis(200);
+        let client = UpstreamClient::new(settings);
+        let resp = client.send(&post(), &key()).await;
+        assert_eq!(
+            resp.expect("the second address within the budget").status,
+            200
+        );
+    }
+
+    #[tokio::test]
+    async fn connect_timeout_bounds_all_addresses_together() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (connections, ..) = keep_alive_server(listener);
+        let _holes = (
+            blackhole("127.0.0.3", port).await,
+            blackhole("127.0.0.4", port).await,
+        );
+        // 400 ms on the first hole, the 200 ms left on the second: none for the server.
+        let mut settings = named(port, &["127.0.0.3", "127.0.0.4", "127.0.0.1"]);
+        settings.connect_timeout = Duration::from_millis(600);
+        settings.address_connect_timeout = Duration::from_millis(400);
+        let client = UpstreamClient::new(settings);
+        let result = client.send(&post(), &key()).await;
+        assert_eq!(result.err(), Some(UpstreamError::Timeout("connecting")));
+        assert_eq!(connections.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn the_last_address_gets_all_the_time_that_is_left() {
+        // A single address whose queue frees up after 300 ms, well past the per-address
+        // timeout: the kernel's SYN retry (after 1 s) gets through within connect_timeout.
+        let port = TcpListener::bind("127.0.0.3:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let (listener, filler) = blackhole("127.0.0.3", port).await;
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let queued = listener.accept().await.unwrap();
+            drop((queued, filler));
+            keep_alive_server(listener);
+        });
+        let mut settings = named(port, &["127.0.0.3"]);
+        settings.connect_timeout = Duration::from_secs(4);
+        settings.address_connect_timeout = Duration::from_millis(100);
+        let client = UpstreamClient::new(settings);
+        let resp = client.send(&post(), &key()).await;
+        assert_eq!(resp.expect("connected on the SYN retry").status, 200);
+    }
+
+    #[tokio::test]
+    async fn when_the_remembered_address_goes_down_the_next_one_takes_over_pool_and_all() {
+        let a = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = a.local_addr().unwrap().port();
+        let b = TcpListener::bind(("127.0.0.2", port)).await.unwrap();
+        let (a_connections, a_requests, a_task) = keep_alive_server(a);
+        let (b_connections, b_requests, _b_task) = keep_alive_server(b);
+        let client = UpstreamClient::new(named(port, &["127.0.0.1", "127.0.0.2"]));
+        let send = || async {
+            let resp = client
+                .send(&post(), &key())
+                .await
+                .expect("an address works");
+            assert_eq!(resp.status, 200);
+            resp.read_all().await.unwrap();
+        };
+        send().await;
+        send().await;
+        assert_eq!(a_connections.load(Ordering::SeqCst), 1, "pooled");
+        assert_eq!(b_connections.load(Ordering::SeqCst), 0);
+
+        // A goes away, its pooled connection with it: B takes over, and stays.
+        a_task.abort();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        send().await;
+        send().await;
+        let b_addr: SocketAddr = format!("127.0.0.2:{port}").parse().unwrap();
+        assert_eq!(client.preferred.get(), Some(b_addr));
+        assert_eq!(b_connections.load(Ordering::SeqCst), 1, "pooled");
+        assert_eq!(b_requests.load(Ordering::SeqCst), 2);
+        assert_eq!(a_requests.load(Ordering::SeqCst), 2, "no POST sent twice");
     }
 }

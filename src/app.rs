@@ -1,0 +1,78 @@
+//! The application state: everything the request handlers share, built once at start-up.
+
+use crate::config::{Config, Tenant};
+use crate::leads::{LeadDesk, OpenError};
+use crate::metrics::Metrics;
+use crate::runs::ActiveRuns;
+use crate::shutdown::InFlight;
+use crate::tenant::TenantDirectory;
+use crate::upstream::UpstreamClient;
+use crate::upstream_call::UpstreamCall;
+use std::fmt;
+use std::sync::Arc;
+
+/// Everything the request handlers share; built once at start-up.
+pub struct AppState {
+    pub config: Config,
+    pub tenants: TenantDirectory,
+    pub upstream: Arc<UpstreamClient>,
+    pub runs: Arc<ActiveRuns>,
+    pub leads: Arc<LeadDesk>,
+    pub metrics: Arc<Metrics>,
+    /// Requests in flight, which the drain waits for on shutdown.
+    pub in_flight: Arc<InFlight>,
+}
+
+impl AppState {
+    /// Everything the proxy needs at run time; opens the lead journal.
+    pub fn new(config: Config) -> Result<Arc<Self>, StartError> {
+        let tenants = TenantDirectory::build(&config.tenants)
+            .map_err(|e| StartError::Tenants(e.to_string()))?;
+        let upstream = UpstreamClient::new(config.upstream.clone());
+        let metrics = Arc::new(Metrics::new());
+        let leads =
+            LeadDesk::open_with_metrics(&config.leads, config.smtp.as_ref(), Arc::clone(&metrics))
+                .map_err(StartError::Leads)?;
+        Ok(Arc::new(AppState {
+            config,
+            tenants,
+            upstream,
+            runs: ActiveRuns::new(),
+            leads,
+            metrics,
+            in_flight: InFlight::new(),
+        }))
+    }
+
+    /// The upstream as `tenant`'s handlers talk to it: with its key, failures counted.
+    pub fn upstream_call<'a>(&'a self, tenant: &'a Tenant) -> UpstreamCall<'a> {
+        UpstreamCall::new(&self.upstream, &self.metrics, tenant)
+    }
+}
+
+/// Why the proxy cannot start; the message says what to fix.
+#[derive(Debug)]
+pub enum StartError {
+    /// The tenants' domains do not make a directory (a bad or duplicate pattern).
+    Tenants(String),
+    /// The lead desk cannot open: its journal, or the SMTP settings.
+    Leads(OpenError),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Tenants(why) => f.write_str(why),
+            StartError::Leads(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StartError::Tenants(_) => None,
+            StartError::Leads(e) => Some(e),
+        }
+    }
+}

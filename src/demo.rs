@@ -1,0 +1,157 @@
+//! The `stub` and `demo` subcommands of the binary (cargo feature `stub`, on by default): the
+//! stub OpenAI upstream alone, or with the proxy in front of it and a demo tenant. A module of
+//! `main.rs`, not of the library; a production build (`--no-default-features`) leaves it out.
+
+use chatbot_proxy::config::{
+    Config, LeadSettings, Limits, Secret, ServerSettings, StreamFormat, Tenant, UpstreamApi,
+    UpstreamSettings,
+};
+use chatbot_proxy::server;
+use clap::Subcommand;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the stub OpenAI API (for tests, benchmarks and trying things out).
+    Stub {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: String,
+        /// Worker threads.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Milliseconds between two streamed events (a message's `[stub:slow=MS]` wins).
+        #[arg(long, default_value_t = 0)]
+        pace_ms: u64,
+    },
+    /// Run the proxy against the bundled stub, with a demo tenant for `localhost`.
+    Demo {
+        /// Address the proxy listens on.
+        #[arg(long, default_value = "127.0.0.1:3000")]
+        listen: String,
+        /// Address the stub listens on.
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        stub_listen: String,
+        /// Milliseconds between two streamed events, so the reply is seen arriving.
+        #[arg(long, default_value_t = 60)]
+        pace_ms: u64,
+    },
+}
+
+/// Run `command` until the process is stopped.
+pub fn run(command: Command) -> ExitCode {
+    match command {
+        Command::Stub {
+            listen,
+            threads,
+            pace_ms,
+        } => {
+            let settings = ServerSettings {
+                listen: listen.clone(),
+                prefix: String::new(),
+                threads,
+                drain_timeout_seconds: 1,
+                ..ServerSettings::default()
+            };
+            let mut server = server::pingora_server(&settings, false);
+            server.add_service(openai_stub::stub_service(
+                &listen,
+                Duration::from_millis(pace_ms),
+            ));
+            log::info!("stub OpenAI API listening on http://{listen}/v1");
+            server::run(server, &settings);
+            ExitCode::SUCCESS
+        }
+        Command::Demo {
+            listen,
+            stub_listen,
+            pace_ms,
+        } => {
+            let config = demo_config(&listen, &stub_listen);
+            let settings = config.server.clone();
+            let mut server = server::pingora_server(&settings, false);
+            server.add_service(openai_stub::stub_service(
+                &stub_listen,
+                Duration::from_millis(pace_ms),
+            ));
+            if let Err(e) = server::add_proxy(&mut server, config) {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+            print_demo_banner(&listen);
+            server::run(server, &settings);
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// The configuration of `chatbot-proxy demo`: one tenant for `localhost`, talking to the
+/// bundled stub at `stub_listen`.
+fn demo_config(listen: &str, stub_listen: &str) -> Config {
+    Config {
+        server: ServerSettings {
+            listen: listen.to_string(),
+            prefix: "/open-ai".into(),
+            threads: 2,
+            drain_timeout_seconds: 5,
+            ..ServerSettings::default()
+        },
+        upstream: UpstreamSettings {
+            base_url: format!("http://{stub_listen}/v1"),
+            tls: false,
+            host: stub_listen
+                .rsplit_once(':')
+                .map_or(stub_listen, |(h, _)| h)
+                .trim_matches(['[', ']'])
+                .to_string(),
+            port: stub_listen
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse().ok())
+                .unwrap_or(80),
+            base_path: "/v1".into(),
+            connect_timeout: Duration::from_secs(5),
+            first_byte_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+            pool_idle_timeout: Duration::from_secs(90),
+            ..UpstreamSettings::default()
+        },
+        limits: Limits {
+            max_body_bytes: 32 * 1024,
+            max_message_chars: 4000,
+        },
+        tenants: vec![Tenant {
+            name: "demo".into(),
+            domains: vec!["localhost".into(), "127.0.0.1".into()],
+            api_key: Secret::new("sk-demo"),
+            api: UpstreamApi::Assistants {
+                assistant_id: "asst_demo".into(),
+            },
+            lead_recipients: vec!["owner@localhost".into()],
+            lead_tool: "sendEmail".into(),
+            stream_format: StreamFormat::OpenAi,
+            redact_run_objects: false,
+        }],
+        smtp: None,
+        metrics_listen: None,
+        leads: LeadSettings {
+            dir: "data".into(),
+            max_per_conversation: 3,
+            max_per_tenant_per_hour: 100,
+            max_tool_rounds: 5,
+            send_timeout: Duration::from_secs(5),
+        },
+    }
+}
+
+fn print_demo_banner(listen: &str) {
+    let port = listen.rsplit_once(':').map_or("3000", |(_, p)| p);
+    let base = format!("http://localhost:{port}/open-ai");
+    println!(
+        "\nchatbot-proxy demo: proxy on {listen}, stub OpenAI upstream in-process (no key needed).\n\
+         Stream a reply (creates a thread, then sends a message):\n\n  \
+         T=$(curl -s -H 'Origin: http://localhost' {base}/create-thread | sed -E 's/.*\"id\":\"([^\"]+)\".*/\\1/') && \
+         curl -N -H 'Origin: http://localhost' -H 'Content-Type: application/json' \
+         -d \"{{\\\"threadId\\\":\\\"$T\\\",\\\"message\\\":\\\"Hello there\\\"}}\" {base}/process-message\n"
+    );
+}
