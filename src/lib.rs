@@ -19,6 +19,7 @@
 
 pub mod config;
 pub mod dialect;
+pub mod domain;
 pub mod errors;
 pub mod leads;
 pub mod logging;
