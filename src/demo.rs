@@ -120,7 +120,9 @@ fn demo_config(listen: &str, stub_listen: &str) -> Config {
         },
         tenants: vec![Tenant {
             name: "demo".into(),
-            domains: vec!["localhost".into(), "127.0.0.1".into()],
+            domains: ["localhost", "127.0.0.1"]
+                .map(|d| d.parse().expect("valid entry"))
+                .into(),
             api_key: Secret::new("sk-demo"),
             api: UpstreamApi::Assistants {
                 assistant_id: "asst_demo".into(),

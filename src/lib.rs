@@ -34,6 +34,7 @@ mod app;
 pub mod client_addr;
 pub mod config;
 pub mod dialect;
+pub mod domain;
 mod downstream;
 mod errors;
 pub mod handle;

@@ -7,6 +7,10 @@
 use std::fmt;
 use std::time::Duration;
 
+use serde::Deserialize;
+
+pub use crate::domain::DomainPattern;
+
 /// Everything the proxy needs to run.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -112,8 +116,9 @@ pub struct Limits {
 pub struct Tenant {
     /// Name used in logs and metrics; never a secret.
     pub name: String,
-    /// Domain patterns as configured, lowercase: `example.com` or `*.example.com`.
-    pub domains: Vec<String>,
+    /// Domain patterns, parsed and normalized: `example.com`, `*.example.com`, `127.0.0.1`.
+    /// No other tenant lists the same site.
+    pub domains: Vec<DomainPattern>,
     /// The OpenAI API key.
     pub api_key: Secret,
     /// Which upstream API answers, and with what (assistant, or model and instructions).
@@ -149,7 +154,8 @@ pub enum UpstreamApi {
 }
 
 /// How the answer stream is framed for the browser.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(try_from = "String")]
 pub enum StreamFormat {
     /// Upstream event-stream bytes unchanged (`"openai"`, the default).
     #[default]
@@ -191,7 +197,8 @@ pub struct SmtpSettings {
 }
 
 /// How the SMTP connection is secured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub enum SmtpTls {
     /// TLS from the first byte (port 465).
     Implicit,
@@ -204,7 +211,8 @@ pub enum SmtpTls {
 }
 
 /// A secret (API key, password) that never shows itself in `Debug` or `Display` output.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
 pub struct Secret(String);
 
 impl Secret {
