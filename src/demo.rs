@@ -115,6 +115,8 @@ fn demo_config(listen: &str, stub_listen: &str) -> Config {
             ..UpstreamSettings::default()
         },
         limits: Limits {
+            redis_url: None,
+            trusted_proxies: Vec::new(),
             max_body_bytes: 32 * 1024,
             max_message_chars: 4000,
         },

@@ -287,6 +287,37 @@ pub(crate) fn base_url(
     Ok(())
 }
 
+/// `limits.redis_url` / `REDIS_URL`: `redis://` or `rediss://`, with a host. The value is never
+/// shown (it may hold a password).
+pub(crate) fn redis_url(raw: &Secret, at: &At) -> Result<Secret, ConfigError> {
+    let text = raw.expose().trim();
+    match Url::parse(text) {
+        Ok(url) if matches!(url.scheme(), "redis" | "rediss") && url.host().is_some() => {
+            Ok(Secret::new(text))
+        }
+        _ => Err(at.err(
+            "is not a Redis URL (value not shown): write e.g. redis://127.0.0.1:6379/0, \
+             redis://:PASSWORD@redis.internal:6379 or rediss://... for TLS",
+        )),
+    }
+}
+
+/// One entry of `limits.trusted_proxies` / `TRUSTED_PROXIES`: a network (`10.0.0.0/8`,
+/// `2001:db8::/32`) or one address.
+pub(crate) fn trusted_proxy(raw: &str, at: &At) -> Result<ipnet::IpNet, ConfigError> {
+    let text = raw.trim();
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map(|net| net.trunc())
+        .map_err(|_| {
+            at.err(format!(
+                "is not a network or an IP address (got {}): write e.g. \"10.0.0.0/8\", \
+                 \"2001:db8::/32\" or \"203.0.113.7\"",
+                shown(raw)
+            ))
+        })
+}
+
 /// One entry of `upstream.resolve` / `OPENAI_RESOLVE`: an IP address (an IPv6 one with or
 /// without brackets), no port.
 pub(crate) fn resolve_address(raw: &str, at: &At) -> Result<std::net::IpAddr, ConfigError> {

@@ -69,6 +69,8 @@ impl Default for Limits {
         Limits {
             max_body_bytes: MAX_BODY_BYTES,
             max_message_chars: MAX_MESSAGE_CHARS,
+            redis_url: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -22,7 +22,9 @@ use serde_json::Value;
 
 use super::check::{self, At};
 use super::error::ConfigError;
-use super::raw::{List, Opt, RawConfig, RawLeads, RawServer, RawSmtp, RawTenant, RawUpstream, Val};
+use super::raw::{
+    List, Opt, RawConfig, RawLeads, RawLimits, RawServer, RawSmtp, RawTenant, RawUpstream, Val,
+};
 use super::types::{Config, Secret};
 use super::validate::{self, Source};
 
@@ -41,6 +43,7 @@ fn example(name: &str) -> &'static str {
         ASSISTANT_IDS => r#"ASSISTANT_IDS='["asst_...","asst_..."]'"#,
         MODELS => r#"MODELS='["gpt-5.4"]'"#,
         INSTRUCTIONS => r#"INSTRUCTIONS='["You are the assistant of example.com."]'"#,
+        "TRUSTED_PROXIES" => r#"TRUSTED_PROXIES='["10.0.0.0/8","2001:db8::/32"]'"#,
         "OPENAI_RESOLVE" => r#"OPENAI_RESOLVE='["203.0.113.7","2001:db8::7"]'"#,
         _ => r#"EMAIL_TO='["sales@example.com"]'"#,
     }
@@ -199,6 +202,11 @@ pub fn from_env_map(env: &HashMap<String, String>) -> Result<Config, ConfigError
             base_url: text(env, "OPENAI_BASE_URL"),
             resolve: string_list(env, "OPENAI_RESOLVE")?,
             ..RawUpstream::default()
+        },
+        limits: RawLimits {
+            redis_url: var(env, "REDIS_URL").map(|url| Val::var("REDIS_URL", Secret::new(url))),
+            trusted_proxies: string_list(env, "TRUSTED_PROXIES")?,
+            ..RawLimits::default()
         },
         smtp: smtp(env)?,
         leads: RawLeads {

@@ -163,6 +163,8 @@ pub(crate) struct RawUpstream {
 pub(crate) struct RawLimits {
     pub(crate) max_body_bytes: Opt<i64>,
     pub(crate) max_message_chars: Opt<i64>,
+    pub(crate) redis_url: Opt<Secret>,
+    pub(crate) trusted_proxies: Opt<List<String>>,
 }
 
 /// `[smtp]`.

@@ -109,6 +109,12 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Longest message accepted, in characters (default 4,000).
     pub max_message_chars: usize,
+    /// Where counters, budgets and locks are shared by a fleet (`REDIS_URL`); `None`: kept
+    /// in this process.
+    pub redis_url: Option<Secret>,
+    /// Proxies (load balancers, CDNs) whose forwarding headers name the client
+    /// (`TRUSTED_PROXIES`); from anyone else those headers are ignored.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// One website (or group of websites) served with one OpenAI key and assistant.

@@ -13,8 +13,8 @@ use super::defaults;
 use super::env;
 use super::error::ConfigError;
 use super::raw::{
-    ApiKind, List, Opt, Origin, RawConfig, RawLeads, RawServer, RawSmtp, RawTenant, RawUpstream,
-    Val, TOML_DATETIME_KEY,
+    ApiKind, List, Opt, Origin, RawConfig, RawLeads, RawLimits, RawServer, RawSmtp, RawTenant,
+    RawUpstream, Val, TOML_DATETIME_KEY,
 };
 use super::types::{
     ClientTimeouts, Config, LeadSettings, Limits, Secret, ServerSettings, SmtpSettings, Tenant,
@@ -130,22 +130,10 @@ impl Source<'_> {
 /// Validates `raw`: the configuration, or the first problem found.
 pub(crate) fn config(raw: RawConfig, src: &Source) -> Result<Config, ConfigError> {
     let (server, metrics_listen) = server(src, &raw.server)?;
-    let limits = &raw.limits;
     let config = Config {
         server,
         upstream: upstream(src, &raw.upstream)?,
-        limits: Limits {
-            max_body_bytes: src.int(
-                &limits.max_body_bytes,
-                "limits.max_body_bytes",
-                &check::BODY_BYTES,
-            )? as usize,
-            max_message_chars: src.int(
-                &limits.max_message_chars,
-                "limits.max_message_chars",
-                &check::MESSAGE_CHARS,
-            )? as usize,
-        },
+        limits: limits(src, &raw.limits)?,
         smtp: raw
             .smtp
             .as_ref()
@@ -157,6 +145,31 @@ pub(crate) fn config(raw: RawConfig, src: &Source) -> Result<Config, ConfigError
     };
     check::finish(&config);
     Ok(config)
+}
+
+/// `[limits]`: what browsers may send, and how abuse is counted.
+fn limits(src: &Source, raw: &RawLimits) -> Result<Limits, ConfigError> {
+    let mut limits = Limits {
+        max_body_bytes: src.int(
+            &raw.max_body_bytes,
+            "limits.max_body_bytes",
+            &check::BODY_BYTES,
+        )? as usize,
+        max_message_chars: src.int(
+            &raw.max_message_chars,
+            "limits.max_message_chars",
+            &check::MESSAGE_CHARS,
+        )? as usize,
+        ..Limits::default()
+    };
+    limits.redis_url = src.opt(&raw.redis_url, "limits.redis_url", |url, at| {
+        check::redis_url(url, at)
+    })?;
+    if let Some(list) = &raw.trusted_proxies {
+        let key = "limits.trusted_proxies";
+        limits.trusted_proxies = src.each(&list.value, key, check::trusted_proxy)?;
+    }
+    Ok(limits)
 }
 
 /// `[server]`, and `metrics_listen`, which must not take the port of `listen`.
