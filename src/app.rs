@@ -5,6 +5,7 @@ use crate::leads::{LeadDesk, OpenError};
 use crate::metrics::Metrics;
 use crate::runs::ActiveRuns;
 use crate::shutdown::InFlight;
+use crate::store::{FileClock, SharedClock, Store, SystemClock};
 use crate::tenant::TenantDirectory;
 use crate::upstream::UpstreamClient;
 use crate::upstream_call::UpstreamCall;
@@ -21,6 +22,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Requests in flight, which the drain waits for on shutdown.
     pub in_flight: Arc<InFlight>,
+    /// Counters, budgets, locks and slots: shared through Redis by a fleet, or in-process.
+    pub store: Store,
 }
 
 impl AppState {
@@ -33,6 +36,12 @@ impl AppState {
         let leads =
             LeadDesk::open_with_metrics(&config.leads, config.smtp.as_ref(), Arc::clone(&metrics))
                 .map_err(StartError::Leads)?;
+        let store = Store::new(
+            config.limits.redis_url.as_ref().map(|url| url.expose()),
+            clock(),
+            metrics.store_errors(),
+        )
+        .map_err(StartError::Store)?;
         Ok(Arc::new(AppState {
             config,
             tenants,
@@ -41,12 +50,28 @@ impl AppState {
             leads,
             metrics,
             in_flight: InFlight::new(),
+            store,
         }))
     }
 
     /// The upstream as `tenant`'s handlers talk to it: with its key, failures counted.
     pub fn upstream_call<'a>(&'a self, tenant: &'a Tenant) -> UpstreamCall<'a> {
         UpstreamCall::new(&self.upstream, &self.metrics, tenant)
+    }
+}
+
+/// The wall clock of limits, budgets and handles: the machine's, or for the integration
+/// tests a file they write (`CHATBOT_PROXY_TEST_CLOCK_FILE`), so they can step over midnight.
+fn clock() -> SharedClock {
+    match std::env::var_os("CHATBOT_PROXY_TEST_CLOCK_FILE") {
+        Some(path) => {
+            log::warn!(
+                "CHATBOT_PROXY_TEST_CLOCK_FILE is set: time is read from {} (tests only)",
+                std::path::Path::new(&path).display()
+            );
+            FileClock::shared(path)
+        }
+        None => SystemClock::shared(),
     }
 }
 
@@ -57,12 +82,14 @@ pub enum StartError {
     Tenants(String),
     /// The lead desk cannot open: its journal, or the SMTP settings.
     Leads(OpenError),
+    /// The shared store's settings are unusable (a malformed `REDIS_URL`).
+    Store(String),
 }
 
 impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StartError::Tenants(why) => f.write_str(why),
+            StartError::Tenants(why) | StartError::Store(why) => f.write_str(why),
             StartError::Leads(e) => e.fmt(f),
         }
     }
@@ -71,7 +98,7 @@ impl fmt::Display for StartError {
 impl std::error::Error for StartError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            StartError::Tenants(_) => None,
+            StartError::Tenants(_) | StartError::Store(_) => None,
             StartError::Leads(e) => Some(e),
         }
     }

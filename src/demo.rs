@@ -117,12 +117,16 @@ fn demo_config(listen: &str, stub_listen: &str) -> Config {
             ..UpstreamSettings::default()
         },
         limits: Limits {
+            redis_url: None,
+            trusted_proxies: Vec::new(),
             max_body_bytes: 32 * 1024,
             max_message_chars: 4000,
         },
         tenants: vec![Tenant {
             name: "demo".into(),
-            domains: vec!["localhost".into(), "127.0.0.1".into()],
+            domains: ["localhost", "127.0.0.1"]
+                .map(|d| d.parse().expect("valid entry"))
+                .into(),
             api_key: Secret::new("sk-demo"),
             api: UpstreamApi::Assistants {
                 assistant_id: "asst_demo".into(),

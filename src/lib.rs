@@ -35,6 +35,7 @@ mod app;
 pub mod client_addr;
 pub mod config;
 pub mod dialect;
+pub mod domain;
 mod downstream;
 mod errors;
 pub mod handle;

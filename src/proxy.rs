@@ -48,6 +48,9 @@ pub struct RequestCtx {
     written: Written,
     /// How a stream ended, for the access log; `None` for any other answer.
     outcome: Option<StreamOutcome>,
+    /// The visitor's address: the socket peer, or behind a trusted proxy the address it
+    /// forwarded ([`crate::client_addr`]). Limits are counted per address.
+    client_ip: Option<std::net::IpAddr>,
     /// Counts the request in flight until the context is dropped, after `logging`.
     _in_flight: InFlightGuard,
 }
@@ -70,6 +73,7 @@ impl ProxyHttp for ChatbotProxy {
             cors_origin: None,
             written: Written::default(),
             outcome: None,
+            client_ip: None,
             _in_flight: self.state.in_flight.enter(),
         }
     }
@@ -119,6 +123,19 @@ impl ProxyHttp for ChatbotProxy {
 }
 
 impl ChatbotProxy {
+    /// The visitor's address (see [`crate::client_addr`]); `None` for a peer that is not an
+    /// IP socket.
+    fn client_ip(&self, session: &Session) -> Option<std::net::IpAddr> {
+        let peer = session.client_addr()?.as_inet()?.ip();
+        let header = |name: &str| session.get_header(name).and_then(|v| v.to_str().ok());
+        Some(crate::client_addr::client_ip(
+            peer,
+            header("forwarded"),
+            header("x-forwarded-for"),
+            &self.state.config.limits.trusted_proxies,
+        ))
+    }
+
     /// Route the request and answer it.
     async fn handle(&self, session: &mut Session, ctx: &mut RequestCtx) -> Written {
         let req = session.req_header();
@@ -133,6 +150,7 @@ impl ChatbotProxy {
             return respond::json(session, 200, br#"{"status":"ok"}"#.to_vec(), None, &[]).await;
         }
 
+        ctx.client_ip = self.client_ip(session);
         // Who is calling? Nothing goes upstream for a site that is not whitelisted.
         let site = calling_site(
             session.get_header("origin").map(|v| v.as_bytes()),

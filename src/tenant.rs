@@ -3,10 +3,12 @@
 //! Built once at start-up from the configured tenants. A host is looked up among exact
 //! domains first (a hash map: one lookup however many tenants), then among `*.` wildcards
 //! from the most specific down, so a tenant that lists `shop.example.com` wins over one that
-//! lists `*.example.com`.
+//! lists `*.example.com`. Entries are [`DomainPattern`]s, already parsed and normalized by
+//! the configuration; two tenants never share one (the configuration refuses that, and
+//! [`TenantDirectory::build`] does too, for tenants built another way).
 
 use crate::config::Tenant;
-use crate::origin::DomainPattern;
+use crate::domain::{normalize_host, DomainPattern};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -20,23 +22,29 @@ pub struct TenantDirectory {
 }
 
 impl TenantDirectory {
-    /// Index `tenants`; an invalid domain pattern is an error naming the tenant.
+    /// Index `tenants`; a domain listed by two of them is an error naming both.
     pub fn build(tenants: &[Tenant]) -> Result<Self, String> {
+        let mut owners: HashMap<&DomainPattern, usize> = HashMap::new();
         let mut exact = HashMap::new();
         let mut wildcards = Vec::new();
         let mut all = Vec::new();
-        for tenant in tenants {
-            let tenant = Arc::new(tenant.clone());
-            for domain in &tenant.domains {
-                let pattern = DomainPattern::parse(domain)
-                    .map_err(|e| format!("tenant `{}`: domain `{domain}`: {e}", tenant.name))?;
+        for (index, tenant) in tenants.iter().enumerate() {
+            let shared = Arc::new(tenant.clone());
+            for pattern in &tenant.domains {
+                if let Some(owner) = owners.insert(pattern, index).filter(|&o| o != index) {
+                    return Err(format!(
+                        "tenants `{}` and `{}` both list the domain `{pattern}`: a domain may \
+                         belong to one tenant only",
+                        tenants[owner].name, tenant.name
+                    ));
+                }
                 if pattern.is_wildcard() {
-                    wildcards.push((pattern, tenant.clone()));
+                    wildcards.push((pattern.clone(), shared.clone()));
                 } else {
-                    exact.insert(pattern.to_string(), tenant.clone());
+                    exact.insert(pattern.to_string(), shared.clone());
                 }
             }
-            all.push(tenant);
+            all.push(shared);
         }
         wildcards.sort_by_key(|(pattern, _)| std::cmp::Reverse(pattern.to_string().len()));
         Ok(TenantDirectory {
@@ -49,7 +57,7 @@ impl TenantDirectory {
     /// The tenant serving `host` (already normalized by [`crate::origin::calling_site`]).
     pub fn find(&self, host: &str) -> Option<&Arc<Tenant>> {
         // Normalized as `DomainPattern::matches` does, so both ways of matching agree.
-        let exact = crate::origin::normalize_host(host);
+        let exact = normalize_host(host);
         self.exact.get(exact).or_else(|| {
             self.wildcards
                 .iter()
@@ -75,7 +83,7 @@ mod tests {
     fn tenant(name: &str, domains: &[&str]) -> Tenant {
         Tenant {
             name: name.into(),
-            domains: domains.iter().map(|d| d.to_string()).collect(),
+            domains: domains.iter().map(|d| d.parse().unwrap()).collect(),
             api_key: Secret::new(format!("sk-{name}")),
             api: UpstreamApi::Assistants {
                 assistant_id: format!("asst_{name}"),
@@ -137,10 +145,24 @@ mod tests {
     }
 
     #[test]
-    fn invalid_patterns_name_the_tenant() {
-        let err = TenantDirectory::build(&[tenant("acme", &["*"])])
+    fn a_site_listed_by_two_tenants_is_refused_naming_both() {
+        for (first, second) in [
+            ("example.com", "www.example.com"),
+            ("*.Example.com.", "*.example.com"),
+            ("::1", "[::1]"),
+        ] {
+            let err = TenantDirectory::build(&[
+                tenant("alice", &["alice.test", first]),
+                tenant("bob", &[second]),
+            ])
             .err()
-            .unwrap();
-        assert!(err.contains("acme"), "{err}");
+            .unwrap_or_else(|| panic!("{first} and {second} were both accepted"));
+            assert!(err.contains("`alice`") && err.contains("`bob`"), "{err}");
+            let same: DomainPattern = second.parse().unwrap();
+            assert!(err.contains(&format!("`{same}`")), "{err}");
+        }
+        // Two spellings of one site within one tenant are harmless.
+        let dir = TenantDirectory::build(&[tenant("a", &["example.com", "www.example.com"])]);
+        assert_eq!(dir.unwrap().find("example.com").unwrap().name, "a");
     }
 }

@@ -10,7 +10,8 @@ use url::{Host, Url};
 
 use super::defaults;
 use super::error::ConfigError;
-use super::types::{Config, Secret, SmtpTls, StreamFormat, UpstreamSettings};
+use super::raw::ApiKind;
+use super::types::{Config, DomainPattern, Secret, SmtpTls, StreamFormat, UpstreamSettings};
 
 /// Where a value came from: its key and, for a file, its 1-based line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,29 +37,13 @@ impl At {
         }
     }
 
-    /// `self.name`, on the same line (used for keys missing from a table).
-    pub(crate) fn field(&self, name: &str) -> Self {
-        At {
-            key: format!("{}.{name}", self.key),
-            line: self.line,
-        }
-    }
-
-    /// `self[index]`, on the same line.
-    pub(crate) fn index(&self, index: usize) -> Self {
-        At {
-            key: format!("{}[{index}]", self.key),
-            line: self.line,
-        }
-    }
-
     /// The error for this key.
     pub(crate) fn err(&self, message: impl Into<String>) -> ConfigError {
         ConfigError::new(self.key.clone(), message).with_line(self.line)
     }
 
     /// `KEY` or `KEY, line N`, for pointing at another place in a message.
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self.line {
             Some(line) => format!("{}, line {line}", self.key),
             None => self.key.clone(),
@@ -78,87 +63,65 @@ pub(crate) fn shown(value: &str) -> String {
     }
 }
 
-/// Allowed range of an integer setting, for messages.
+/// Allowed range and default of an integer setting.
 pub(crate) struct Bounds {
     pub(crate) min: u64,
     pub(crate) max: u64,
+    pub(crate) default: u64,
     pub(crate) unit: &'static str,
 }
 
-pub(crate) const THREADS: Bounds = Bounds {
-    min: 1,
-    max: 1024,
-    unit: "threads",
-};
-pub(crate) const GRACE_SECONDS: Bounds = Bounds {
-    min: 0,
-    max: 3600,
-    unit: "seconds",
-};
-pub(crate) const SHUTDOWN_SECONDS: Bounds = Bounds {
-    min: 1,
-    max: 3600,
-    unit: "seconds",
-};
-pub(crate) const TIMEOUT_MS: Bounds = Bounds {
-    min: 1,
-    max: 3_600_000,
-    unit: "milliseconds",
-};
-pub(crate) const BODY_BYTES: Bounds = Bounds {
-    min: 1,
-    max: 10 * 1024 * 1024,
-    unit: "bytes",
-};
-pub(crate) const MESSAGE_CHARS: Bounds = Bounds {
-    min: 1,
-    max: 1_000_000,
-    unit: "characters",
-};
-pub(crate) const PORT: Bounds = Bounds {
-    min: 1,
-    max: 65_535,
-    unit: "(port number)",
-};
-pub(crate) const SMTP_TIMEOUT_MS: Bounds = Bounds {
-    min: 1,
-    max: 600_000,
-    unit: "milliseconds",
-};
-pub(crate) const LEADS_PER_CONVERSATION: Bounds = Bounds {
-    min: 1,
-    max: 1_000,
-    unit: "e-mails",
-};
-pub(crate) const LEADS_PER_HOUR: Bounds = Bounds {
-    min: 1,
-    max: 100_000,
-    unit: "e-mails",
-};
-pub(crate) const TOOL_ROUNDS: Bounds = Bounds {
-    min: 1,
-    max: 20,
-    unit: "rounds",
-};
-pub(crate) const SEND_TIMEOUT_MS: Bounds = Bounds {
-    min: 1,
-    max: 60_000,
-    unit: "milliseconds",
-};
+const fn bounds(min: u64, max: u64, default: u64, unit: &'static str) -> Bounds {
+    Bounds {
+        min,
+        max,
+        default,
+        unit,
+    }
+}
+
+use defaults as d;
+pub(crate) const THREADS: Bounds = bounds(1, 1024, d::THREADS as u64, "threads");
+pub(crate) const GRACE_SECONDS: Bounds = bounds(0, 3600, d::GRACE_PERIOD_SECONDS, "seconds");
+/// `server.drain_timeout_seconds` (and its older name).
+pub(crate) const DRAIN_SECONDS: Bounds = bounds(1, 3600, d::DRAIN_TIMEOUT_SECONDS, "seconds");
+const MS: &str = "milliseconds";
+pub(crate) const CLIENT_TIMEOUT_SECONDS: [Bounds; 4] = [
+    bounds(1, 3600, d::KEEPALIVE_TIMEOUT_SECONDS, "seconds"),
+    bounds(1, 3600, d::REQUEST_HEADER_TIMEOUT_SECONDS, "seconds"),
+    bounds(1, 3600, d::REQUEST_BODY_TIMEOUT_SECONDS, "seconds"),
+    bounds(1, 3600, d::STALLED_READER_TIMEOUT_SECONDS, "seconds"),
+];
+pub(crate) const ADDRESS_CONNECT_TIMEOUT_MS: Bounds =
+    bounds(1, 3_600_000, d::ADDRESS_CONNECT_TIMEOUT_MS, MS);
+pub(crate) const CONNECT_TIMEOUT_MS: Bounds = bounds(1, 3_600_000, d::CONNECT_TIMEOUT_MS, MS);
+pub(crate) const FIRST_BYTE_TIMEOUT_MS: Bounds = bounds(1, 3_600_000, d::FIRST_BYTE_TIMEOUT_MS, MS);
+pub(crate) const IDLE_TIMEOUT_MS: Bounds = bounds(1, 3_600_000, d::IDLE_TIMEOUT_MS, MS);
+pub(crate) const POOL_IDLE_TIMEOUT_MS: Bounds = bounds(1, 3_600_000, d::POOL_IDLE_TIMEOUT_MS, MS);
+pub(crate) const BODY_BYTES: Bounds = bounds(1, 10 << 20, d::MAX_BODY_BYTES as u64, "bytes");
+pub(crate) const MESSAGE_CHARS: Bounds =
+    bounds(1, 1_000_000, d::MAX_MESSAGE_CHARS as u64, "characters");
+pub(crate) const SMTP_PORT: Bounds = bounds(1, 65_535, d::SMTP_PORT as u64, "(port number)");
+pub(crate) const SMTP_TIMEOUT_MS: Bounds = bounds(1, 600_000, d::SMTP_TIMEOUT_MS, MS);
+pub(crate) const LEADS_PER_CONVERSATION: Bounds =
+    bounds(1, 1_000, d::MAX_LEADS_PER_CONVERSATION as u64, "e-mails");
+pub(crate) const LEADS_PER_HOUR: Bounds = bounds(
+    1,
+    100_000,
+    d::MAX_LEADS_PER_TENANT_PER_HOUR as u64,
+    "e-mails",
+);
+pub(crate) const TOOL_ROUNDS: Bounds = bounds(1, 20, d::MAX_TOOL_ROUNDS as u64, "rounds");
+pub(crate) const SEND_TIMEOUT_MS: Bounds = bounds(1, 60_000, d::LEAD_SEND_TIMEOUT_MS, MS);
 
 /// An integer inside `bounds`.
-pub(crate) fn in_bounds(
-    value: i64,
-    bounds: &Bounds,
-    default: u64,
-    at: &At,
-) -> Result<u64, ConfigError> {
+pub(crate) fn in_bounds(value: i64, bounds: &Bounds, at: &At) -> Result<u64, ConfigError> {
     match u64::try_from(value) {
         Ok(v) if (bounds.min..=bounds.max).contains(&v) => Ok(v),
         _ => Err(at.err(format!(
-            "{value} is out of range: use a value from {} to {} {} (the default is {default}), \
-             or remove the key to get the default",
-            bounds.min, bounds.max, bounds.unit
+            "{value} is out of range: use a value from {} to {} {} (the default is {}), or \
+             remove the key to get the default",
+            bounds.min, bounds.max, bounds.unit, bounds.default
         ))),
     }
 }
@@ -171,27 +134,6 @@ pub(crate) fn port_text(raw: &str, at: &At) -> Result<u16, ConfigError> {
         _ => Err(at.err(format!(
             "{} is not a port number: use a number from 1 to 65535, e.g. 3000",
             shown(raw)
-        ))),
-    }
-}
-
-/// A number of seconds given as text (`GRACE_PERIOD_SECONDS`, `DRAIN_TIMEOUT_SECONDS`),
-/// inside `bounds`.
-pub(crate) fn seconds_text(
-    raw: &str,
-    bounds: &Bounds,
-    default: u64,
-    at: &At,
-) -> Result<u64, ConfigError> {
-    let raw = raw.trim();
-    match raw.parse::<i64>() {
-        Ok(value) => in_bounds(value, bounds, default, at),
-        Err(_) => Err(at.err(format!(
-            "{} is not a whole number of seconds: use a number from {} to {}, e.g. {default} \
-             (the default)",
-            shown(raw),
-            bounds.min,
-            bounds.max
         ))),
     }
 }
@@ -368,6 +310,37 @@ pub(crate) fn base_url(
     Ok(())
 }
 
+/// `limits.redis_url` / `REDIS_URL`: `redis://` or `rediss://`, with a host. The value is never
+/// shown (it may hold a password).
+pub(crate) fn redis_url(raw: &Secret, at: &At) -> Result<Secret, ConfigError> {
+    let text = raw.expose().trim();
+    match Url::parse(text) {
+        Ok(url) if matches!(url.scheme(), "redis" | "rediss") && url.host().is_some() => {
+            Ok(Secret::new(text))
+        }
+        _ => Err(at.err(
+            "is not a Redis URL (value not shown): write e.g. redis://127.0.0.1:6379/0, \
+             redis://:PASSWORD@redis.internal:6379 or rediss://... for TLS",
+        )),
+    }
+}
+
+/// One entry of `limits.trusted_proxies` / `TRUSTED_PROXIES`: a network (`10.0.0.0/8`,
+/// `2001:db8::/32`) or one address.
+pub(crate) fn trusted_proxy(raw: &str, at: &At) -> Result<ipnet::IpNet, ConfigError> {
+    let text = raw.trim();
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map(|net| net.trunc())
+        .map_err(|_| {
+            at.err(format!(
+                "is not a network or an IP address (got {}): write e.g. \"10.0.0.0/8\", \
+                 \"2001:db8::/32\" or \"203.0.113.7\"",
+                shown(raw)
+            ))
+        })
+}
+
 /// One entry of `upstream.resolve` / `OPENAI_RESOLVE`: an IP address (an IPv6 one with or
 /// without brackets), no port.
 pub(crate) fn resolve_address(raw: &str, at: &At) -> Result<std::net::IpAddr, ConfigError> {
@@ -392,7 +365,7 @@ pub(crate) fn address_connect_timeout(
     connect_timeout_ms: u64,
 ) -> Result<u64, ConfigError> {
     match value {
-        None => Ok(defaults::ADDRESS_CONNECT_TIMEOUT_MS.min(connect_timeout_ms)),
+        None => Ok(d::ADDRESS_CONNECT_TIMEOUT_MS.min(connect_timeout_ms)),
         Some((ms, at)) if ms > connect_timeout_ms => Err(at.err(format!(
             "is {ms}, more than upstream.connect_timeout_ms ({connect_timeout_ms}), which bounds \
              the whole connection attempt: lower it, or raise connect_timeout_ms"
@@ -401,28 +374,21 @@ pub(crate) fn address_connect_timeout(
     }
 }
 
-/// A domain pattern: trimmed, lowercase, no scheme, port, path or whitespace.
-pub(crate) fn domain(raw: &str, at: &At) -> Result<String, ConfigError> {
-    let domain = raw.trim().to_lowercase();
-    if domain.is_empty() {
-        return Err(
-            at.err("is empty: write a host name such as \"example.com\" or \"*.example.com\"")
-        );
-    }
-    if domain.contains(['/', ':']) {
-        return Err(at.err(format!(
-            "{} is not a bare host name: write only the host, e.g. \"example.com\" \
-             (no \"https://\", no \":port\", no \"/path\")",
-            shown(&domain)
-        )));
-    }
-    if domain.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(at.err(format!(
-            "{} contains whitespace: write one host name per entry, e.g. \"example.com\"",
-            shown(&domain)
-        )));
-    }
-    Ok(domain)
+/// A domain entry, trimmed and lowercase, parsed by the one domain rule ([`DomainPattern`]).
+/// Returns the entry as written (trimmed, lowercase: a tenant's default name) and the pattern.
+pub(crate) fn domain(raw: &str, at: &At) -> Result<(String, DomainPattern), ConfigError> {
+    let text = raw.trim().to_lowercase();
+    DomainPattern::parse(&text)
+        .map(|pattern| (text.clone(), pattern))
+        .map_err(|why| match shown(&text) {
+            _ if text.is_empty() => at.err(why),
+            quoted if quoted.starts_with('"') => at.err(format!("{quoted} {why}")),
+            // The reason may quote the entry, which looks like a secret.
+            withheld => at.err(format!(
+                "{withheld} is not a host name: write one such as \"example.com\" or \
+                 \"*.example.com\""
+            )),
+        })
 }
 
 /// An OpenAI API key: trimmed, non-empty, a single word of visible ASCII.
@@ -549,6 +515,22 @@ pub(crate) fn env_value(
     }
 }
 
+/// The SMTP user: trimmed, not blank.
+pub(crate) fn smtp_user(raw: &str, at: &At) -> Result<String, ConfigError> {
+    match raw.trim() {
+        "" => Err(at.err("is empty: give the SMTP user name, or remove the key")),
+        user => Ok(user.to_string()),
+    }
+}
+
+/// The SMTP password: not blank; kept as written.
+pub(crate) fn smtp_password(raw: &Secret, at: &At) -> Result<Secret, ConfigError> {
+    if raw.expose().trim().is_empty() {
+        return Err(at.err("is empty: give the SMTP password, or remove the key"));
+    }
+    Ok(raw.clone())
+}
+
 /// The SMTP host: non-empty, a host name only.
 pub(crate) fn smtp_host(raw: &str, at: &At) -> Result<String, ConfigError> {
     let host = raw.trim();
@@ -561,23 +543,20 @@ pub(crate) fn smtp_host(raw: &str, at: &At) -> Result<String, ConfigError> {
     Ok(host.to_string())
 }
 
-/// Which upstream API a tenant uses, as written in `api`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ApiKind {
-    Assistants,
-    Responses,
-}
-
 /// `api`: `"assistants"` or `"responses"`.
-pub(crate) fn api_kind(raw: &str, at: &At) -> Result<ApiKind, ConfigError> {
-    match raw.trim().to_ascii_lowercase().as_str() {
-        "assistants" => Ok(ApiKind::Assistants),
-        "responses" => Ok(ApiKind::Responses),
-        _ => Err(at.err(format!(
-            "{} is not an API: write \"assistants\" (with assistant_id) or \"responses\" \
-             (with model), or remove the key to choose by which of the two is set",
-            shown(raw.trim())
-        ))),
+impl TryFrom<String> for ApiKind {
+    type Error = String;
+
+    fn try_from(raw: String) -> Result<Self, String> {
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "assistants" => Ok(ApiKind::Assistants),
+            "responses" => Ok(ApiKind::Responses),
+            _ => Err(format!(
+                "{} is not an API: write \"assistants\" (with assistant_id) or \"responses\" \
+                 (with model), or remove the key to choose by which of the two is set",
+                shown(raw.trim())
+            )),
+        }
     }
 }
 
@@ -640,15 +619,20 @@ pub(crate) fn function_name(raw: &str, at: &At) -> Result<String, ConfigError> {
 }
 
 /// `stream_format`: `"openai"` or `"widget-v1"`.
-pub(crate) fn stream_format(raw: &str, at: &At) -> Result<StreamFormat, ConfigError> {
-    match raw.trim().to_ascii_lowercase().as_str() {
-        "openai" => Ok(StreamFormat::OpenAi),
-        "widget-v1" => Ok(StreamFormat::WidgetV1),
-        _ => Err(at.err(format!(
-            "{} is not a stream format: write \"openai\" (the upstream events unchanged, the \
-             default) or \"widget-v1\" (the old service's framing for the embedded widget)",
-            shown(raw.trim())
-        ))),
+impl TryFrom<String> for StreamFormat {
+    type Error = String;
+
+    fn try_from(raw: String) -> Result<Self, String> {
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "openai" => Ok(StreamFormat::OpenAi),
+            "widget-v1" => Ok(StreamFormat::WidgetV1),
+            _ => Err(format!(
+                "{} is not a stream format: write \"openai\" (the upstream events unchanged, \
+                 the default) or \"widget-v1\" (the old service's framing for the embedded \
+                 widget)",
+                shown(raw.trim())
+            )),
+        }
     }
 }
 
@@ -724,18 +708,23 @@ pub(crate) fn leads_dir(raw: &str, at: &At) -> Result<std::path::PathBuf, Config
 }
 
 /// `smtp.tls` / `SMTP_TLS`.
-pub(crate) fn smtp_tls(raw: &str, at: &At) -> Result<SmtpTls, ConfigError> {
-    match raw.trim().to_ascii_lowercase().as_str() {
-        "implicit" => Ok(SmtpTls::Implicit),
-        "starttls" => Ok(SmtpTls::StartTls),
-        "opportunistic" => Ok(SmtpTls::Opportunistic),
-        "none" => Ok(SmtpTls::None),
-        _ => Err(at.err(format!(
-            "{} is not a TLS mode: write \"implicit\" (TLS from the start, port 465), \
-             \"starttls\" (required), \"opportunistic\" (STARTTLS when offered) or \"none\"; \
-             without the key it is implicit on port 465 and opportunistic otherwise",
-            shown(raw.trim())
-        ))),
+impl TryFrom<String> for SmtpTls {
+    type Error = String;
+
+    fn try_from(raw: String) -> Result<Self, String> {
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "implicit" => Ok(SmtpTls::Implicit),
+            "starttls" => Ok(SmtpTls::StartTls),
+            "opportunistic" => Ok(SmtpTls::Opportunistic),
+            "none" => Ok(SmtpTls::None),
+            _ => Err(format!(
+                "{} is not a TLS mode: write \"implicit\" (TLS from the start, port 465), \
+                 \"starttls\" (required), \"opportunistic\" (STARTTLS when offered) or \
+                 \"none\"; without the key it is implicit on port 465 and opportunistic \
+                 otherwise",
+                shown(raw.trim())
+            )),
+        }
     }
 }
 
@@ -801,13 +790,8 @@ pub(crate) fn mailbox(raw: &str, at: &At) -> Result<String, ConfigError> {
 }
 
 /// The default `From`: `AI Bot <user>` when the SMTP user is an e-mail address, otherwise
-/// `AI Bot <chatbot@host>` (with a warning when a user is set, naming `from_key`).
-pub(crate) fn default_from(
-    user: Option<&str>,
-    host: &str,
-    from_key: &str,
-    at: &At,
-) -> Result<String, ConfigError> {
+/// `AI Bot <chatbot@host>` (with a warning when a user is set, naming the key of `at`).
+pub(crate) fn default_from(user: Option<&str>, host: &str, at: &At) -> Result<String, ConfigError> {
     let name = defaults::FROM_NAME;
     let from = match user {
         Some(user) if is_address(user) => format!("{name} <{user}>"),
@@ -816,7 +800,8 @@ pub(crate) fn default_from(
     if user.is_some_and(|user| !is_address(user)) {
         log::warn!(
             "the SMTP user is not an e-mail address, so lead e-mails are sent from {from}: \
-             set {from_key} if the server wants another sender"
+             set {} if the server wants another sender",
+            at.key
         );
     }
     mailbox(&from, at).map_err(|_| {
@@ -828,40 +813,55 @@ pub(crate) fn default_from(
     })
 }
 
-/// Records which tenant lists which domain, so that no domain belongs to two tenants.
+/// Records which tenant lists which site, so that no site belongs to two tenants. Entries
+/// are compared by the one domain rule: `www.example.com` and `Example.com.` are the same site.
 #[derive(Default)]
 pub(crate) struct DomainOwners {
-    seen: HashMap<String, (usize, String, At)>,
+    /// Per site: the tenant's number, its label, the entry as written, and where.
+    seen: HashMap<DomainPattern, (usize, String, String, At)>,
 }
 
 impl DomainOwners {
-    /// Claims `domain` for tenant number `tenant`, described as `label` in messages.
+    /// Claims the site of `pattern` (written `text`, at `at`) for tenant number `tenant`,
+    /// described as `label` in messages; `false` when that tenant has it already. Within one
+    /// tenant only a repeated entry is refused: two spellings of one site (`example.com`,
+    /// `www.example.com`) are harmless there.
     pub(crate) fn claim(
         &mut self,
-        domain: &str,
+        text: &str,
+        pattern: &DomainPattern,
         tenant: usize,
         label: &str,
         at: &At,
-    ) -> Result<(), ConfigError> {
-        if let Some((owner, owner_label, owner_at)) = self.seen.get(domain) {
-            return Err(if *owner == tenant {
-                at.err(format!(
-                    "{} is listed twice in the same tenant (also at {}): remove one of them",
-                    shown(domain),
-                    owner_at.describe()
-                ))
+    ) -> Result<bool, ConfigError> {
+        let Some((owner, owner_label, owner_text, owner_at)) = self.seen.get(pattern) else {
+            let entry = (tenant, label.to_string(), text.to_string(), at.clone());
+            self.seen.insert(pattern.clone(), entry);
+            return Ok(true);
+        };
+        if *owner != tenant {
+            let spelled = if owner_text == text {
+                String::new()
             } else {
-                at.err(format!(
-                    "{} is listed by two tenants: {owner_label} ({}) and {label} (here); a \
-                     domain may belong to one tenant only, remove it from one of them",
-                    shown(domain),
-                    owner_at.describe()
-                ))
-            });
+                format!(", written {}", shown(owner_text))
+            };
+            return Err(at.err(format!(
+                "{} is listed by two tenants: {owner_label} ({}{spelled}) and {label} (here), \
+                 which would both serve the site {}; a domain may belong to one tenant only, \
+                 remove it from one of them",
+                shown(text),
+                owner_at.describe(),
+                shown(&pattern.to_string()),
+            )));
         }
-        self.seen
-            .insert(domain.to_string(), (tenant, label.to_string(), at.clone()));
-        Ok(())
+        if owner_text == text {
+            return Err(at.err(format!(
+                "{} is listed twice in the same tenant (also at {}): remove one of them",
+                shown(text),
+                owner_at.describe()
+            )));
+        }
+        Ok(false)
     }
 }
 
@@ -1042,11 +1042,22 @@ mod tests {
 
     #[test]
     fn domain_rules() {
+        let (text, pattern) = domain("  Shop.Example.COM ", &at()).unwrap();
         assert_eq!(
-            domain("  Shop.Example.COM ", &at()).unwrap(),
-            "shop.example.com"
+            (text.as_str(), pattern),
+            ("shop.example.com", "shop.example.com".parse().unwrap())
         );
-        assert_eq!(domain("*.example.com", &at()).unwrap(), "*.example.com");
+        let (text, pattern) = domain("*.example.com", &at()).unwrap();
+        assert_eq!(
+            (text.as_str(), pattern.to_string().as_str()),
+            ("*.example.com", "*.example.com")
+        );
+        // Written as it is (lowercase), compared by the one domain rule.
+        let (text, pattern) = domain(" WWW.Example.com.", &at()).unwrap();
+        assert_eq!(
+            (text.as_str(), pattern.to_string().as_str()),
+            ("www.example.com.", "example.com")
+        );
         let url = domain("https://example.com", &at())
             .unwrap_err()
             .to_string();
@@ -1140,30 +1151,33 @@ mod tests {
 
     #[test]
     fn enumerations() {
-        assert_eq!(api_kind("assistants", &at()).unwrap(), ApiKind::Assistants);
-        assert_eq!(api_kind(" Responses ", &at()).unwrap(), ApiKind::Responses);
-        assert!(api_kind("chat", &at()).is_err());
+        fn parse<T: TryFrom<String, Error = String>>(raw: &str) -> Result<T, String> {
+            T::try_from(raw.to_string())
+        }
+        assert_eq!(parse("assistants"), Ok(ApiKind::Assistants));
+        assert_eq!(parse(" Responses "), Ok(ApiKind::Responses));
+        assert!(parse::<ApiKind>("chat").is_err());
         assert_eq!(
-            stream_format("openai", &at()).unwrap(),
+            parse::<StreamFormat>("openai").unwrap(),
             StreamFormat::OpenAi
         );
         assert_eq!(
-            stream_format("widget-v1", &at()).unwrap(),
+            parse::<StreamFormat>("widget-v1").unwrap(),
             StreamFormat::WidgetV1
         );
-        let err = stream_format("widget", &at()).unwrap_err().to_string();
+        let err = parse::<StreamFormat>("widget").unwrap_err();
         assert!(
             err.contains("\"openai\"") && err.contains("\"widget-v1\""),
             "{err}"
         );
-        assert_eq!(smtp_tls("implicit", &at()).unwrap(), SmtpTls::Implicit);
-        assert_eq!(smtp_tls("STARTTLS", &at()).unwrap(), SmtpTls::StartTls);
+        assert_eq!(parse::<SmtpTls>("implicit").unwrap(), SmtpTls::Implicit);
+        assert_eq!(parse::<SmtpTls>("STARTTLS").unwrap(), SmtpTls::StartTls);
         assert_eq!(
-            smtp_tls("opportunistic", &at()).unwrap(),
+            parse::<SmtpTls>("opportunistic").unwrap(),
             SmtpTls::Opportunistic
         );
-        assert_eq!(smtp_tls("none", &at()).unwrap(), SmtpTls::None);
-        let err = smtp_tls("ssl", &at()).unwrap_err().to_string();
+        assert_eq!(parse::<SmtpTls>("none").unwrap(), SmtpTls::None);
+        let err = parse::<SmtpTls>("ssl").unwrap_err();
         assert!(err.contains("port 465"), "{err}");
     }
 
@@ -1205,7 +1219,7 @@ mod tests {
 
     #[test]
     fn default_from_uses_the_user_or_the_host() {
-        let from = |user, host| default_from(user, host, "smtp.from", &at());
+        let from = |user, host| default_from(user, host, &At::key("smtp.from"));
         assert_eq!(
             from(Some("bot@acme.com"), "smtp.acme.com").unwrap(),
             "AI Bot <bot@acme.com>"
@@ -1267,18 +1281,16 @@ mod tests {
 
     #[test]
     fn bounds_are_enforced_with_the_range_in_the_message() {
-        assert_eq!(in_bounds(2, &THREADS, 2, &at()).unwrap(), 2);
-        let err = in_bounds(0, &THREADS, 2, &at()).unwrap_err().to_string();
+        assert_eq!(in_bounds(2, &THREADS, &at()).unwrap(), 2);
+        let err = in_bounds(0, &THREADS, &at()).unwrap_err().to_string();
         assert!(err.contains("from 1 to 1024"), "{err}");
-        assert!(in_bounds(-5, &GRACE_SECONDS, 30, &at()).is_err());
-        assert_eq!(in_bounds(0, &GRACE_SECONDS, 30, &at()).unwrap(), 0);
-        assert!(in_bounds(10 * 1024 * 1024 + 1, &BODY_BYTES, 32768, &at()).is_err());
-        assert!(in_bounds(0, &TIMEOUT_MS, 5000, &at()).is_err());
-        assert!(in_bounds(20, &TOOL_ROUNDS, 5, &at()).is_ok());
-        let err = in_bounds(21, &TOOL_ROUNDS, 5, &at())
-            .unwrap_err()
-            .to_string();
+        assert!(in_bounds(-5, &GRACE_SECONDS, &at()).is_err());
+        assert_eq!(in_bounds(0, &GRACE_SECONDS, &at()).unwrap(), 0);
+        assert!(in_bounds(10 * 1024 * 1024 + 1, &BODY_BYTES, &at()).is_err());
+        assert!(in_bounds(0, &CONNECT_TIMEOUT_MS, &at()).is_err());
+        assert!(in_bounds(20, &TOOL_ROUNDS, &at()).is_ok());
+        let err = in_bounds(21, &TOOL_ROUNDS, &at()).unwrap_err().to_string();
         assert!(err.contains("from 1 to 20 rounds"), "{err}");
-        assert!(in_bounds(60_001, &SEND_TIMEOUT_MS, 5000, &at()).is_err());
+        assert!(in_bounds(60_001, &SEND_TIMEOUT_MS, &at()).is_err());
     }
 }

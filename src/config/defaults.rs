@@ -14,6 +14,10 @@ pub(crate) const THREADS: usize = 2;
 pub(crate) const GRACE_PERIOD_SECONDS: u64 = 0;
 pub(crate) const DRAIN_TIMEOUT_SECONDS: u64 = 25;
 pub(crate) const UPGRADE_SOCK: &str = "/tmp/chatbot-proxy-upgrade.sock";
+pub(crate) const KEEPALIVE_TIMEOUT_SECONDS: u64 = 60;
+pub(crate) const REQUEST_HEADER_TIMEOUT_SECONDS: u64 = 10;
+pub(crate) const REQUEST_BODY_TIMEOUT_SECONDS: u64 = 15;
+pub(crate) const STALLED_READER_TIMEOUT_SECONDS: u64 = 30;
 pub(crate) const BASE_URL: &str = "https://api.openai.com/v1";
 pub(crate) const CONNECT_TIMEOUT_MS: u64 = 5_000;
 pub(crate) const FIRST_BYTE_TIMEOUT_MS: u64 = 60_000;
@@ -67,6 +71,8 @@ impl Default for Limits {
         Limits {
             max_body_bytes: MAX_BODY_BYTES,
             max_message_chars: MAX_MESSAGE_CHARS,
+            redis_url: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }

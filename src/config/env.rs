@@ -4,27 +4,29 @@
 //! tenant per domain, named after it). `MODELS` (with optional `INSTRUCTIONS`) replaces
 //! `ASSISTANT_IDS` to use the Responses API; each of those two holds one entry for every
 //! domain, or one per domain. `EMAIL_TO`, `SMTP_*`, `OPENAI_BASE_URL`, `PORT`,
-//! `METRICS_LISTEN`, `STREAM_FORMAT`, `LEAD_TOOL`, `LEADS_DIR`, `OPENAI_RESOLVE`,
-//! `GRACE_PERIOD_SECONDS` and `DRAIN_TIMEOUT_SECONDS` are optional. Everything else keeps its
-//! default.
-//! The `.env` file is parsed with Node dotenv's rules (see `dotenv`), and the process environment is never
-//! modified; variables of the process win over the file.
+//! `METRICS_LISTEN`, `STREAM_FORMAT`, `LEAD_TOOL`, `LEADS_DIR`, `GRACE_PERIOD_SECONDS` and
+//! `DRAIN_TIMEOUT_SECONDS` are optional. Everything else keeps its default.
+//!
+//! This module checks what only the environment has (JSON arrays, their lengths, which
+//! variables go together) and builds the same typed structures as the TOML file, each value
+//! named after its variable (`DOMAINS[1]`); `validate` does the rest, for both. The `.env`
+//! file is parsed with Node dotenv's rules (see `dotenv`), and the process environment is
+//! never modified; variables of the process win over the file.
 
 use std::collections::HashMap;
 use std::fs;
 use std::io::ErrorKind;
 use std::path::Path;
-use std::time::Duration;
 
 use serde_json::Value;
 
-use super::check::{self, At, DomainOwners};
-use super::defaults;
+use super::check::{self, At};
 use super::error::ConfigError;
-use super::types::{
-    Config, LeadSettings, Limits, Secret, ServerSettings, SmtpSettings, StreamFormat, Tenant,
-    UpstreamApi, UpstreamSettings,
+use super::raw::{
+    List, Opt, RawConfig, RawLeads, RawLimits, RawServer, RawSmtp, RawTenant, RawUpstream, Val,
 };
+use super::types::{Config, Secret};
+use super::validate::{self, Source};
 
 const DOMAINS: &str = "DOMAINS";
 const OPENAI_API_KEYS: &str = "OPENAI_API_KEYS";
@@ -41,6 +43,8 @@ fn example(name: &str) -> &'static str {
         ASSISTANT_IDS => r#"ASSISTANT_IDS='["asst_...","asst_..."]'"#,
         MODELS => r#"MODELS='["gpt-5.4"]'"#,
         INSTRUCTIONS => r#"INSTRUCTIONS='["You are the assistant of example.com."]'"#,
+        "TRUSTED_PROXIES" => r#"TRUSTED_PROXIES='["10.0.0.0/8","2001:db8::/32"]'"#,
+        "OPENAI_RESOLVE" => r#"OPENAI_RESOLVE='["203.0.113.7","2001:db8::7"]'"#,
         _ => r#"EMAIL_TO='["sales@example.com"]'"#,
     }
 }
@@ -49,6 +53,17 @@ fn example(name: &str) -> &'static str {
 const NOTHING_CONFIGURED: &str = "no configuration found: pass `--config PATH` or set DOMAINS, \
      OPENAI_API_KEYS and ASSISTANT_IDS (or MODELS for the Responses API) in the environment or \
      a .env file, or run `chatbot-proxy demo` to try it against the bundled stub";
+
+/// The variable that stands for a TOML key in a message about a key that is not set.
+pub(crate) fn var_for(key: &str) -> &str {
+    match key {
+        "server.listen" => "PORT",
+        "smtp.user" => "SMTP_USER",
+        "smtp.password" => "SMTP_PASS",
+        "smtp.from" => "SMTP_FROM",
+        other => other,
+    }
+}
 
 /// Builds the configuration from environment variables (already merged with `.env`).
 pub fn from_env_map(env: &HashMap<String, String>) -> Result<Config, ConfigError> {
@@ -114,159 +129,149 @@ pub fn from_env_map(env: &HashMap<String, String>) -> Result<Config, ConfigError
             return Err(empty_array(name));
         }
     }
-    same_length(OPENAI_API_KEYS, keys.len(), domains.len())?;
-    let apis = if responses_api {
-        responses(env, domains.len())?
-    } else {
-        assistants(env, domains.len())?
-    };
-    let recipients = email_to(env, domains.len())?;
-    let stream_format = match var(env, "STREAM_FORMAT") {
-        Some(text) => check::stream_format(text, &At::key("STREAM_FORMAT"))?,
-        None => StreamFormat::default(),
-    };
-    let lead_tool = match var(env, "LEAD_TOOL") {
-        Some(text) => check::function_name(text, &At::key("LEAD_TOOL"))?,
-        None => defaults::LEAD_TOOL.to_string(),
-    };
-
-    let mut owners = DomainOwners::default();
-    let mut tenants = Vec::with_capacity(domains.len());
-    for (i, ((domain, key), api)) in domains.iter().zip(&keys).zip(apis).enumerate() {
-        let domain_at = At::key(format!("{DOMAINS}[{i}]"));
-        let domain = check::domain(domain, &domain_at)?;
-        owners.claim(&domain, i, &format!("position {i}"), &domain_at)?;
-        let api_key = check::api_key(
-            key,
-            "the API key",
-            &At::key(format!("{OPENAI_API_KEYS}[{i}]")),
-        )?;
-        tenants.push(Tenant {
-            name: domain.clone(),
-            domains: vec![domain],
-            api_key,
-            api,
-            lead_recipients: for_tenant(&recipients, i).unwrap_or_default(),
-            lead_tool: lead_tool.clone(),
-            stream_format,
-            redact_run_objects: false,
-        });
-    }
-    let mut leads = LeadSettings::default();
-    if let Some(dir) = var(env, "LEADS_DIR") {
-        leads.dir = check::leads_dir(dir, &At::key("LEADS_DIR"))?;
-    }
-
-    let mut server = ServerSettings::default();
-    if let Some(port) = var(env, "PORT") {
-        let port = check::port_text(port, &At::key("PORT"))?;
-        server.listen = format!("0.0.0.0:{port}");
-    }
-    if let Some(text) = var(env, "GRACE_PERIOD_SECONDS") {
-        let at = At::key("GRACE_PERIOD_SECONDS");
-        server.grace_period_seconds = check::seconds_text(
-            text,
-            &check::GRACE_SECONDS,
-            defaults::GRACE_PERIOD_SECONDS,
-            &at,
-        )?;
-    }
-    if let Some(text) = var(env, "DRAIN_TIMEOUT_SECONDS") {
-        let at = At::key("DRAIN_TIMEOUT_SECONDS");
-        server.drain_timeout_seconds = check::seconds_text(
-            text,
-            &check::SHUTDOWN_SECONDS,
-            defaults::DRAIN_TIMEOUT_SECONDS,
-            &at,
-        )?;
-    }
-    let metrics_listen = match var(env, "METRICS_LISTEN") {
-        Some(text) => {
-            let listen_is = match var(env, "PORT") {
-                Some(_) => format!("PORT makes it {:?}", server.listen),
-                None => format!("without PORT it is {:?}", server.listen),
-            };
-            let at = At::key("METRICS_LISTEN");
-            Some(check::metrics_listen(
-                text,
-                &at,
-                &server.listen,
-                &listen_is,
-            )?)
+    let n = domains.len();
+    same_length(OPENAI_API_KEYS, keys.len(), n)?;
+    let (ids, models) = if responses_api {
+        let models = json_strings(env, MODELS)?;
+        if models.is_empty() {
+            return Err(empty_array(MODELS));
         }
-        None => None,
+        one_or_all(MODELS, models.len(), n)?;
+        (Vec::new(), models)
+    } else {
+        let ids = json_strings(env, ASSISTANT_IDS)?;
+        if ids.is_empty() {
+            return Err(empty_array(ASSISTANT_IDS));
+        }
+        same_length(ASSISTANT_IDS, ids.len(), n)?;
+        (ids, Vec::new())
     };
-    let mut upstream = UpstreamSettings::default();
-    if let Some(url) = var(env, "OPENAI_BASE_URL") {
-        check::base_url(url, &At::key("OPENAI_BASE_URL"), &mut upstream)?;
-    }
-    upstream.resolve = resolve(env)?;
-
-    let config = Config {
-        server,
-        upstream,
-        limits: Limits::default(),
-        tenants,
-        smtp: smtp(env)?,
-        leads,
-        metrics_listen,
-    };
-    check::finish(&config);
-    Ok(config)
-}
-
-/// `ASSISTANT_IDS`: one assistant per domain.
-fn assistants(
-    env: &HashMap<String, String>,
-    domains: usize,
-) -> Result<Vec<UpstreamApi>, ConfigError> {
-    let ids = json_strings(env, ASSISTANT_IDS)?;
-    if ids.is_empty() {
-        return Err(empty_array(ASSISTANT_IDS));
-    }
-    same_length(ASSISTANT_IDS, ids.len(), domains)?;
-    ids.iter()
-        .enumerate()
-        .map(|(i, id)| {
-            let assistant_id = check::assistant_id(id, &At::key(format!("{ASSISTANT_IDS}[{i}]")))?;
-            Ok(UpstreamApi::Assistants { assistant_id })
-        })
-        .collect()
-}
-
-/// `MODELS` and `INSTRUCTIONS`: each one entry for every domain, or one per domain.
-fn responses(
-    env: &HashMap<String, String>,
-    domains: usize,
-) -> Result<Vec<UpstreamApi>, ConfigError> {
-    let models = json_strings(env, MODELS)?;
-    if models.is_empty() {
-        return Err(empty_array(MODELS));
-    }
-    one_or_all(MODELS, models.len(), domains)?;
-    let models = models
-        .iter()
-        .enumerate()
-        .map(|(i, model)| check::model(model, &At::key(format!("{MODELS}[{i}]"))))
-        .collect::<Result<Vec<_>, _>>()?;
     let instructions = json_strings(env, INSTRUCTIONS)?;
-    one_or_all(INSTRUCTIONS, instructions.len(), domains)?;
-    Ok((0..domains)
-        .map(|i| UpstreamApi::Responses {
-            model: for_tenant(&models, i).unwrap_or_default(),
-            instructions: for_tenant(&instructions, i),
-            tools: Vec::new(),
-        })
-        .collect())
+    one_or_all(INSTRUCTIONS, instructions.len(), n)?;
+    let recipients = json_strings(env, EMAIL_TO)?;
+    one_or_all(EMAIL_TO, recipients.len(), n)?;
+    let stream_format = parsed(env, "STREAM_FORMAT")?;
+    let redact_run_objects = boolean(env, "REDACT_RUN_OBJECTS")?;
+
+    let tenants = (0..n).map(|i| {
+        let domain = Val::var(format!("{DOMAINS}[{i}]"), domains[i].clone());
+        let tenant = RawTenant {
+            domains: Some(Val::var(DOMAINS, List(vec![domain]))),
+            api_key: Some(Val::var(
+                format!("{OPENAI_API_KEYS}[{i}]"),
+                Secret::new(keys[i].as_str()),
+            )),
+            assistant_id: for_tenant(&ids, ASSISTANT_IDS, i),
+            model: for_tenant(&models, MODELS, i),
+            instructions: for_tenant(&instructions, INSTRUCTIONS, i),
+            // Each entry may hold several comma-separated addresses.
+            lead_recipients: for_tenant(&recipients, EMAIL_TO, i).map(|entry| {
+                let addresses = entry.value.split(',').filter(|a| !a.trim().is_empty());
+                let from = entry.from.clone();
+                let list = addresses.map(|a| Val {
+                    value: a.to_string(),
+                    from: from.clone(),
+                });
+                Val {
+                    value: List(list.collect()),
+                    from,
+                }
+            }),
+            lead_tool: text(env, "LEAD_TOOL"),
+            stream_format: stream_format.clone(),
+            redact_run_objects: redact_run_objects.clone(),
+            ..RawTenant::default()
+        };
+        Val::var(format!("{DOMAINS}[{i}]"), tenant)
+    });
+    let listen = var(env, "PORT")
+        .map(|port| check::port_text(port, &At::key("PORT")))
+        .transpose()?
+        .map(|port| Val::var("PORT", format!("0.0.0.0:{port}")));
+    let raw = RawConfig {
+        server: RawServer {
+            listen,
+            metrics_listen: text(env, "METRICS_LISTEN"),
+            keepalive_timeout_seconds: int(env, "KEEPALIVE_TIMEOUT_SECONDS")?,
+            request_header_timeout_seconds: int(env, "REQUEST_HEADER_TIMEOUT_SECONDS")?,
+            request_body_timeout_seconds: int(env, "REQUEST_BODY_TIMEOUT_SECONDS")?,
+            stalled_reader_timeout_seconds: int(env, "STALLED_READER_TIMEOUT_SECONDS")?,
+            grace_period_seconds: int(env, "GRACE_PERIOD_SECONDS")?,
+            drain_timeout_seconds: int(env, "DRAIN_TIMEOUT_SECONDS")?,
+            ..RawServer::default()
+        },
+        upstream: RawUpstream {
+            base_url: text(env, "OPENAI_BASE_URL"),
+            resolve: string_list(env, "OPENAI_RESOLVE")?,
+            ..RawUpstream::default()
+        },
+        limits: RawLimits {
+            redis_url: var(env, "REDIS_URL").map(|url| Val::var("REDIS_URL", Secret::new(url))),
+            trusted_proxies: string_list(env, "TRUSTED_PROXIES")?,
+            ..RawLimits::default()
+        },
+        smtp: smtp(env)?,
+        leads: RawLeads {
+            dir: text(env, "LEADS_DIR"),
+            ..RawLeads::default()
+        },
+        tenants: Some(Val::var(DOMAINS, tenants.collect())),
+        ..RawConfig::default()
+    };
+    let source = Source {
+        text: None,
+        env,
+        dir: Path::new(""),
+    };
+    validate::config(raw, &source)
 }
 
-/// The entry of a one-or-all list for tenant `i`: none, the only one, or the `i`-th.
-fn for_tenant<T: Clone>(list: &[T], i: usize) -> Option<T> {
-    match list {
-        [] => None,
-        [only] => Some(only.clone()),
-        many => many.get(i).cloned(),
+/// `SMTP_HOST` (enables mail), `SMTP_PORT` (default 587), `SMTP_USER`, `SMTP_PASS`,
+/// `SMTP_TLS` (default by port), `SMTP_FROM` (default from the user or host).
+fn smtp(env: &HashMap<String, String>) -> Result<Opt<RawSmtp>, ConfigError> {
+    if var(env, "SMTP_HOST").is_none() {
+        let others: Vec<&str> = [
+            "SMTP_PORT",
+            "SMTP_USER",
+            "SMTP_PASS",
+            "SMTP_TLS",
+            "SMTP_FROM",
+        ]
+        .into_iter()
+        .filter(|n| var(env, n).is_some())
+        .collect();
+        if !others.is_empty() {
+            log::warn!(
+                "{} set but SMTP_HOST is not: lead e-mails are disabled until SMTP_HOST is set",
+                others.join(", ")
+            );
+        }
+        return Ok(None);
     }
+    let port = var(env, "SMTP_PORT")
+        .map(|port| check::port_text(port, &At::key("SMTP_PORT")))
+        .transpose()?;
+    let smtp = RawSmtp {
+        host: text(env, "SMTP_HOST"),
+        port: port.map(|port| Val::var("SMTP_PORT", i64::from(port))),
+        user: text(env, "SMTP_USER"),
+        password: env
+            .get("SMTP_PASS")
+            .filter(|p| !p.trim().is_empty())
+            .map(|p| Val::var("SMTP_PASS", Secret::new(p.as_str()))),
+        tls: parsed(env, "SMTP_TLS")?,
+        from: text(env, "SMTP_FROM"),
+        ..RawSmtp::default()
+    };
+    Ok(Some(Val::var("SMTP_HOST", smtp)))
+}
+
+/// The entry of a one-or-all list for tenant `i`: none, the only one, or the `i`-th; named
+/// after its place in variable `name`.
+fn for_tenant(list: &[String], name: &str, i: usize) -> Opt<String> {
+    let index = if list.len() == 1 { 0 } else { i };
+    let item = list.get(index)?;
+    Some(Val::var(format!("{name}[{index}]"), item.clone()))
 }
 
 fn empty_array(name: &str) -> ConfigError {
@@ -323,6 +328,77 @@ fn var<'a>(env: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
     env.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
 }
 
+/// A variable's value (trimmed, not blank), named after it.
+fn text(env: &HashMap<String, String>, name: &str) -> Opt<String> {
+    var(env, name).map(|value| Val::var(name, value.to_string()))
+}
+
+/// A variable parsed into `T` (a stream format, a TLS mode), named after it.
+fn parsed<T>(env: &HashMap<String, String>, name: &str) -> Result<Opt<T>, ConfigError>
+where
+    T: TryFrom<String, Error = String>,
+{
+    let Some(value) = var(env, name) else {
+        return Ok(None);
+    };
+    let value = T::try_from(value.to_string()).map_err(|why| ConfigError::new(name, why))?;
+    Ok(Some(Val::var(name, value)))
+}
+
+/// A whole number, named after its variable (bounds are checked with the TOML key's).
+fn int(env: &HashMap<String, String>, name: &str) -> Result<Opt<i64>, ConfigError> {
+    let Some(value) = var(env, name) else {
+        return Ok(None);
+    };
+    let number = value.parse().map_err(|_| {
+        ConfigError::new(
+            name,
+            format!(
+                "is not a whole number (got {}): write e.g. {name}=30",
+                check::shown(value)
+            ),
+        )
+    })?;
+    Ok(Some(Val::var(name, number)))
+}
+
+/// `true` or `false` (also `1`/`0`, `yes`/`no`), named after its variable.
+fn boolean(env: &HashMap<String, String>, name: &str) -> Result<Opt<bool>, ConfigError> {
+    let Some(value) = var(env, name) else {
+        return Ok(None);
+    };
+    let flag = match value.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => true,
+        "false" | "0" | "no" | "off" => false,
+        _ => {
+            return Err(ConfigError::new(
+                name,
+                format!(
+                    "is not true or false (got {}): write {name}=true or {name}=false",
+                    check::shown(value)
+                ),
+            ))
+        }
+    };
+    Ok(Some(Val::var(name, flag)))
+}
+
+/// A JSON array of strings whose entries keep their positions (`NAME[1]`); unset: `None`.
+fn string_list(
+    env: &HashMap<String, String>,
+    name: &str,
+) -> Result<Opt<List<String>>, ConfigError> {
+    if var(env, name).is_none() {
+        return Ok(None);
+    }
+    let items = json_strings(env, name)?;
+    let list = items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| Val::var(format!("{name}[{i}]"), item));
+    Ok(Some(Val::var(name, List(list.collect()))))
+}
+
 /// A JSON array of non-empty strings (trimmed). `[]` for an unset variable.
 ///
 /// The value of `OPENAI_API_KEYS` never appears in a message.
@@ -330,30 +406,17 @@ fn json_strings(env: &HashMap<String, String>, name: &str) -> Result<Vec<String>
     let Some(raw) = var(env, name) else {
         return Ok(Vec::new());
     };
-    let secret = name == OPENAI_API_KEYS;
     let shape = format!(
         "it must be a JSON array of strings in double quotes, e.g. {}",
         example(name)
     );
-    let value: Value = match serde_json::from_str(raw) {
-        Ok(value) => value,
-        Err(e) if secret => {
-            let _ = e;
-            return Err(ConfigError::new(
-                name,
-                format!("is not valid JSON (value not shown): {shape}"),
-            ));
-        }
-        Err(e) => {
-            return Err(ConfigError::new(
-                name,
-                format!(
-                    "is not valid JSON ({e}; got {}): {shape}",
-                    check::shown(raw)
-                ),
-            ))
-        }
-    };
+    let value: Value = serde_json::from_str(raw).map_err(|e| {
+        let why = match name {
+            OPENAI_API_KEYS => "value not shown".to_string(),
+            _ => format!("{e}; got {}", check::shown(raw)),
+        };
+        ConfigError::new(name, format!("is not valid JSON ({why}): {shape}"))
+    })?;
     let Value::Array(items) = value else {
         return Err(ConfigError::new(
             name,
@@ -383,111 +446,6 @@ fn json_strings(env: &HashMap<String, String>, name: &str) -> Result<Vec<String>
         }
     }
     Ok(out)
-}
-
-/// `OPENAI_RESOLVE`: static addresses of the base URL's host, a JSON array (`[upstream] resolve`).
-fn resolve(env: &HashMap<String, String>) -> Result<Vec<std::net::IpAddr>, ConfigError> {
-    const NAME: &str = "OPENAI_RESOLVE";
-    let Some(raw) = var(env, NAME) else {
-        return Ok(Vec::new());
-    };
-    let shape = r#"it must be a JSON array of IP addresses, e.g. OPENAI_RESOLVE='["203.0.113.7","2001:db8::7"]'"#;
-    let Ok(Value::Array(items)) = serde_json::from_str(raw) else {
-        let got = check::shown(raw);
-        return Err(ConfigError::new(
-            NAME,
-            format!("is not a JSON array (got {got}): {shape}"),
-        ));
-    };
-    let item = |(i, item): (usize, &Value)| {
-        let at = At::key(format!("{NAME}[{i}]"));
-        match item {
-            Value::String(text) => check::resolve_address(text, &at),
-            other => Err(at.err(format!(
-                "is {}, not a string: {shape}",
-                check::json_kind(other)
-            ))),
-        }
-    };
-    items.iter().enumerate().map(item).collect()
-}
-
-/// `EMAIL_TO`: empty, one list for every domain, or one list per domain. Each entry may hold
-/// several comma-separated addresses.
-fn email_to(
-    env: &HashMap<String, String>,
-    domains: usize,
-) -> Result<Vec<Vec<String>>, ConfigError> {
-    let items = json_strings(env, EMAIL_TO)?;
-    one_or_all(EMAIL_TO, items.len(), domains)?;
-    let mut lists = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        let at = At::key(format!("{EMAIL_TO}[{i}]"));
-        let mut list = Vec::new();
-        for address in item.split(',').filter(|a| !a.trim().is_empty()) {
-            list.push(check::recipient(address, &at)?);
-        }
-        lists.push(list);
-    }
-    Ok(lists)
-}
-
-/// `SMTP_HOST` (enables mail), `SMTP_PORT` (default 587), `SMTP_USER`, `SMTP_PASS`,
-/// `SMTP_TLS` (default by port), `SMTP_FROM` (default from the user or host).
-fn smtp(env: &HashMap<String, String>) -> Result<Option<SmtpSettings>, ConfigError> {
-    let Some(host) = var(env, "SMTP_HOST") else {
-        let others: Vec<&str> = [
-            "SMTP_PORT",
-            "SMTP_USER",
-            "SMTP_PASS",
-            "SMTP_TLS",
-            "SMTP_FROM",
-        ]
-        .into_iter()
-        .filter(|n| var(env, n).is_some())
-        .collect();
-        if !others.is_empty() {
-            log::warn!(
-                "{} set but SMTP_HOST is not: lead e-mails are disabled until SMTP_HOST is set",
-                others.join(", ")
-            );
-        }
-        return Ok(None);
-    };
-    let host = check::smtp_host(host, &At::key("SMTP_HOST"))?;
-    let port = match var(env, "SMTP_PORT") {
-        Some(port) => check::port_text(port, &At::key("SMTP_PORT"))?,
-        None => defaults::SMTP_PORT,
-    };
-    let user = var(env, "SMTP_USER").map(str::to_string);
-    let password = env
-        .get("SMTP_PASS")
-        .filter(|p| !p.trim().is_empty())
-        .map(|p| Secret::new(p.as_str()));
-    check::smtp_credentials(
-        user.as_deref(),
-        password.as_ref(),
-        &At::key("SMTP_USER"),
-        &At::key("SMTP_PASS"),
-    )?;
-    let tls = match var(env, "SMTP_TLS") {
-        Some(text) => check::smtp_tls(text, &At::key("SMTP_TLS"))?,
-        None => defaults::smtp_tls(port),
-    };
-    let from_at = At::key("SMTP_FROM");
-    let from = match var(env, "SMTP_FROM") {
-        Some(text) => check::mailbox(text, &from_at)?,
-        None => check::default_from(user.as_deref(), &host, "SMTP_FROM", &from_at)?,
-    };
-    Ok(Some(SmtpSettings {
-        host,
-        port,
-        user,
-        password,
-        tls,
-        from,
-        timeout: Duration::from_millis(defaults::SMTP_TIMEOUT_MS),
-    }))
 }
 
 /// `dir/.env` overlaid by `process_env`: the process wins. Within the file, a later line wins.
@@ -538,8 +496,9 @@ fn read_dotenv(path: &Path) -> Result<Option<Vec<(String, String)>>, ConfigError
 
 #[cfg(test)]
 mod tests {
-    use super::super::types::SmtpTls;
+    use super::super::types::*;
     use super::*;
+    use std::time::Duration;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs
@@ -577,7 +536,7 @@ mod tests {
         assert_eq!(config.tenants.len(), 2);
         let shop = &config.tenants[1];
         assert_eq!(shop.name, "shop.example.com");
-        assert_eq!(shop.domains, ["shop.example.com"]);
+        assert_eq!(shop.domains, ["shop.example.com".parse().unwrap()]);
         assert_eq!(shop.api_key.expose(), "sk-shop-2222");
         assert_eq!(
             shop.api,
@@ -762,6 +721,13 @@ mod tests {
         let err = err_of(&two_sites(&[("DOMAINS", r#"["acme.com", "ACME.com"]"#)]));
         assert!(err.starts_with("DOMAINS[1]:"), "{err}");
         assert!(err.contains("DOMAINS[0]"), "{err}");
+        // The same site in another spelling: one domain rule for matching and for this check.
+        let err = err_of(&two_sites(&[(
+            "DOMAINS",
+            r#"["example.com", "WWW.example.com."]"#,
+        )]));
+        assert!(err.starts_with("DOMAINS[1]: \"www.example.com.\" is listed by two tenants: tenant \"example.com\" (DOMAINS[0], written \"example.com\") and tenant \"www.example.com.\""), "{err}");
+        assert!(err.contains("the site \"example.com\""), "{err}");
     }
 
     #[test]
@@ -1046,7 +1012,7 @@ mod tests {
         );
         let err = err_of(&two_sites(&[("GRACE_PERIOD_SECONDS", "soon")]));
         assert!(
-            err.starts_with("GRACE_PERIOD_SECONDS: \"soon\" is not a whole number"),
+            err.starts_with("GRACE_PERIOD_SECONDS: is not a whole number"),
             "{err}"
         );
         let err = err_of(&two_sites(&[("DRAIN_TIMEOUT_SECONDS", "0")]));
@@ -1262,7 +1228,7 @@ mod tests {
         assert_eq!(config.upstream.resolve, want);
         let err = err_of(&two_sites(&[("OPENAI_RESOLVE", "127.0.0.1")]));
         assert!(
-            err.starts_with("OPENAI_RESOLVE: is not a JSON array"),
+            err.starts_with("OPENAI_RESOLVE: is not valid JSON"),
             "{err}"
         );
         let err = err_of(&two_sites(&[("OPENAI_RESOLVE", r#"["::1", "localhost"]"#)]));
@@ -1272,5 +1238,40 @@ mod tests {
         );
         let err = err_of(&two_sites(&[("OPENAI_RESOLVE", "[1]")]));
         assert!(err.starts_with("OPENAI_RESOLVE[0]: is a number"), "{err}");
+    }
+
+    #[test]
+    fn client_timeouts_and_redaction_from_env() {
+        let config = from_env_map(&two_sites(&[
+            ("KEEPALIVE_TIMEOUT_SECONDS", "5"),
+            ("REQUEST_HEADER_TIMEOUT_SECONDS", "2"),
+            ("REQUEST_BODY_TIMEOUT_SECONDS", "3"),
+            ("STALLED_READER_TIMEOUT_SECONDS", "4"),
+            ("REDACT_RUN_OBJECTS", "true"),
+        ]))
+        .unwrap();
+        let t = config.server.timeouts;
+        assert_eq!(
+            [
+                t.keepalive,
+                t.request_header,
+                t.request_body,
+                t.stalled_reader
+            ],
+            [5, 2, 3, 4].map(std::time::Duration::from_secs)
+        );
+        assert!(config.tenants.iter().all(|t| t.redact_run_objects));
+        let err = err_of(&two_sites(&[("KEEPALIVE_TIMEOUT_SECONDS", "soon")]));
+        assert!(
+            err.starts_with("KEEPALIVE_TIMEOUT_SECONDS: is not a whole number"),
+            "{err}"
+        );
+        let err = err_of(&two_sites(&[("KEEPALIVE_TIMEOUT_SECONDS", "0")]));
+        assert!(err.starts_with("KEEPALIVE_TIMEOUT_SECONDS:"), "{err}");
+        let err = err_of(&two_sites(&[("REDACT_RUN_OBJECTS", "maybe")]));
+        assert!(
+            err.starts_with("REDACT_RUN_OBJECTS: is not true or false"),
+            "{err}"
+        );
     }
 }

@@ -1,127 +1,25 @@
 //! The TOML configuration file (`--config PATH`): the whole configuration in one file.
 //!
-//! The file is deserialized into `Raw*` structs whose leaves are `toml::Spanned<toml::Value>`, so
-//! every value keeps its position and the type checks produce our own messages naming the full
-//! key (`tenants[1].assistant_id`) and its line. Errors from the TOML parser itself (syntax,
-//! unknown or duplicate keys) get their line from the error's span and their key from the
-//! surrounding table headers. `api_key_env` / `password_env` are looked up in the environment
-//! map the caller passes; `instructions_file` is read relative to the file's directory.
-//! `tools` entries are deserialized straight into JSON values, so they reach the upstream
-//! exactly as written (same keys, same order).
+//! serde deserializes the file into the typed `raw` structures (unknown keys and wrong types
+//! are serde's own errors, carrying toml's span); `validate` then checks them as it checks the
+//! environment. An error gets its line from the span and its key from the parsed document:
+//! the dotted path (`tenants[1].domains[0]`) of whatever the span points at, so `#` or `[x]`
+//! inside strings never mislead it. Messages never quote the offending line, which may hold a
+//! secret. `api_key_env` / `password_env` are looked up in the environment map the caller
+//! passes; `instructions_file` is read relative to the file's directory.
 
 use std::collections::HashMap;
-use std::ops::Range;
 use std::path::Path;
-use std::time::Duration;
 
-use serde::Deserialize;
-use toml::{Spanned, Value};
+use toml_edit::{ImDocument, Item, TableLike, Value};
 
-use super::check::{self, ApiKind, At, DomainOwners};
-use super::defaults;
 use super::error::ConfigError;
-use super::types::{
-    Config, LeadSettings, Limits, Secret, ServerSettings, SmtpSettings, StreamFormat, Tenant,
-    UpstreamApi, UpstreamSettings,
-};
+use super::raw::RawConfig;
+use super::types::Config;
+use super::validate::{self, line_of, Source};
 
-/// An optional leaf value with its position.
-type Field = Option<Spanned<Value>>;
-
-/// An optional value kept as JSON (for `tools`), with its position.
-type JsonField = Option<Spanned<serde_json::Value>>;
-
-/// The key under which TOML date-times reach a deserializer that is not TOML's own.
-const TOML_DATETIME_KEY: &str = "$__toml_private_datetime";
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    server: Option<RawServer>,
-    upstream: Option<RawUpstream>,
-    limits: Option<RawLimits>,
-    smtp: Option<Spanned<RawSmtp>>,
-    leads: Option<RawLeads>,
-    tenants: Option<Spanned<Vec<Spanned<RawTenant>>>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawServer {
-    listen: Field,
-    metrics_listen: Field,
-    prefix: Field,
-    threads: Field,
-    grace_period_seconds: Field,
-    drain_timeout_seconds: Field,
-    /// The older name of `drain_timeout_seconds`, still accepted.
-    graceful_shutdown_timeout_seconds: Field,
-    upgrade_sock: Field,
-    keepalive_timeout_seconds: Field,
-    request_header_timeout_seconds: Field,
-    request_body_timeout_seconds: Field,
-    stalled_reader_timeout_seconds: Field,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawUpstream {
-    base_url: Field,
-    connect_timeout_ms: Field,
-    first_byte_timeout_ms: Field,
-    idle_timeout_ms: Field,
-    pool_idle_timeout_ms: Field,
-    address_connect_timeout_ms: Field,
-    resolve: Field,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawLimits {
-    max_body_bytes: Field,
-    max_message_chars: Field,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSmtp {
-    host: Field,
-    port: Field,
-    user: Field,
-    password: Field,
-    password_env: Field,
-    tls: Field,
-    from: Field,
-    timeout_ms: Field,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawLeads {
-    dir: Field,
-    max_per_conversation: Field,
-    max_per_tenant_per_hour: Field,
-    max_tool_rounds: Field,
-    send_timeout_ms: Field,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTenant {
-    name: Field,
-    domains: Field,
-    api_key: Field,
-    api_key_env: Field,
-    api: Field,
-    assistant_id: Field,
-    model: Field,
-    instructions: Field,
-    instructions_file: Field,
-    tools: JsonField,
-    lead_recipients: Field,
-    lead_tool: Field,
-    stream_format: Field,
-}
+/// The documented example file, whose `key = value` lines are quoted in messages.
+const EXAMPLE_FILE: &str = include_str!("../../conf/chatbot-proxy.toml");
 
 /// Keys whose values are secrets: a parser error on their line is checked for leaks.
 const SECRET_KEYS: [&str; 2] = ["api_key", "password"];
@@ -148,998 +46,162 @@ pub(crate) fn from_toml_str_in(
     base_dir: &Path,
     env: &HashMap<String, String>,
 ) -> Result<Config, ConfigError> {
-    parse(text, base_dir, env).map_err(|e| e.in_file(source_name))
-}
-
-fn parse(
-    text: &str,
-    base_dir: &Path,
-    env: &HashMap<String, String>,
-) -> Result<Config, ConfigError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let raw: RawConfig = toml::from_str(text).map_err(|e| parser_error(text, &e))?;
-    let doc = Doc {
-        text,
+    let source = Source {
+        text: Some(text),
         env,
-        base_dir,
+        dir: base_dir,
     };
-    let server = doc.server(raw.server.as_ref())?;
-    let metrics_listen = doc.metrics_listen(raw.server.as_ref(), &server)?;
-    let config = Config {
-        server,
-        upstream: doc.upstream(raw.upstream)?,
-        limits: doc.limits(raw.limits)?,
-        smtp: raw.smtp.map(|smtp| doc.smtp(smtp)).transpose()?,
-        leads: doc.leads(raw.leads)?,
-        tenants: doc.tenants(raw.tenants)?,
-        metrics_listen,
+    toml::from_str::<RawConfig>(text)
+        .map_err(|e| toml_error(text, &e))
+        .and_then(|raw| validate::config(raw, &source))
+        .map_err(|e| e.in_file(source_name))
+}
+
+/// A parser or deserializer error as a `ConfigError` with its line, its key and what to do,
+/// and no secret from the offending line.
+fn toml_error(text: &str, err: &toml::de::Error) -> ConfigError {
+    let syntax = ImDocument::parse(text).is_err();
+    let mut message = reworded(err.message(), syntax);
+    let Some(offset) = err.span().map(|span| span.start) else {
+        return ConfigError::general(message);
     };
-    check::finish(&config);
-    Ok(config)
-}
-
-/// The 1-based line of byte `offset`.
-fn line_of(text: &str, offset: usize) -> usize {
-    let end = offset.min(text.len());
-    text.as_bytes()[..end]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
-}
-
-/// The document being converted, for positions, environment look-ups and file reads.
-struct Doc<'a> {
-    text: &'a str,
-    env: &'a HashMap<String, String>,
-    /// The directory of the configuration file (empty: the working directory).
-    base_dir: &'a Path,
-}
-
-impl Doc<'_> {
-    fn at(&self, key: impl Into<String>, span: &Range<usize>) -> At {
-        At::on_line(key, line_of(self.text, span.start))
-    }
-
-    fn located(&self, key: impl Into<String>, field: &Spanned<Value>) -> At {
-        self.at(key, &field.span())
-    }
-
-    /// A string value. Never echoes the value (it may be a secret).
-    fn string(
-        &self,
-        field: &Spanned<Value>,
-        at: &At,
-        example: &str,
-    ) -> Result<String, ConfigError> {
-        match field.get_ref() {
-            Value::String(s) => Ok(s.clone()),
-            other => Err(at.err(format!(
-                "must be a string in double quotes, not {}: write e.g. {example}",
-                article(other.type_str())
-            ))),
+    let line = line_of(text, offset);
+    let key = key_at(text, offset, syntax);
+    if leaks_secret(&message, text.split('\n').nth(line - 1).unwrap_or("")) {
+        message = "this line is not valid TOML (the value is not shown because it is a secret): \
+                   write it as a string in double quotes, e.g. api_key = \"sk-...\""
+            .to_string();
+    } else if message.starts_with("must be ") {
+        match key.as_deref().and_then(example_of) {
+            Some(example) => message += &format!(": write e.g. {example}"),
+            None => message += ": see conf/chatbot-proxy.toml for the expected layout",
         }
     }
-
-    /// An integer value.
-    fn integer(&self, field: &Spanned<Value>, at: &At, example: &str) -> Result<i64, ConfigError> {
-        match field.get_ref() {
-            Value::Integer(i) => Ok(*i),
-            other => Err(at.err(format!(
-                "must be a whole number without quotes, not {}: write e.g. {example}",
-                article(other.type_str())
-            ))),
-        }
-    }
-
-    /// An array of strings, each with its own key (`key[i]`) and line.
-    fn strings(
-        &self,
-        field: &Spanned<Value>,
-        at: &At,
-        example: &str,
-    ) -> Result<Vec<(String, At)>, ConfigError> {
-        let Value::Array(items) = field.get_ref() else {
-            return Err(at.err(format!(
-                "must be an array of strings, not {}: write e.g. {example}",
-                article(field.get_ref().type_str())
-            )));
-        };
-        let spans = element_spans(self.text, &field.span());
-        let mut out = Vec::with_capacity(items.len());
-        for (i, item) in items.iter().enumerate() {
-            let item_at = match spans.as_ref().and_then(|s| s.get(i)) {
-                Some(span) => self.at(format!("{}[{i}]", at.key), span),
-                None => at.index(i),
-            };
-            match item {
-                Value::String(s) => out.push((s.clone(), item_at)),
-                other => {
-                    return Err(item_at.err(format!(
-                        "must be a string in double quotes, not {}: write e.g. {example}",
-                        article(other.type_str())
-                    )))
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// An optional integer setting within `bounds`, `default` when absent.
-    fn bounded(
-        &self,
-        field: &Field,
-        key: &str,
-        bounds: &check::Bounds,
-        default: u64,
-    ) -> Result<u64, ConfigError> {
-        let Some(field) = field else {
-            return Ok(default);
-        };
-        let at = self.located(key, field);
-        let value = self.integer(field, &at, &format!("{} = {default}", last_segment(key)))?;
-        check::in_bounds(value, bounds, default, &at)
-    }
-
-    fn server(&self, raw: Option<&RawServer>) -> Result<ServerSettings, ConfigError> {
-        let mut server = ServerSettings::default();
-        let Some(raw) = raw else {
-            return Ok(server);
-        };
-        if let Some(field) = &raw.listen {
-            let at = self.located("server.listen", field);
-            let text = self.string(field, &at, "listen = \"0.0.0.0:3000\"")?;
-            server.listen = check::listen(&text, &at)?;
-        }
-        if let Some(field) = &raw.prefix {
-            let at = self.located("server.prefix", field);
-            let text = self.string(field, &at, "prefix = \"/open-ai\"")?;
-            server.prefix = check::prefix(&text, &at)?;
-        }
-        let threads = self.bounded(
-            &raw.threads,
-            "server.threads",
-            &check::THREADS,
-            defaults::THREADS as u64,
-        )?;
-        server.threads = threads as usize;
-        server.grace_period_seconds = self.bounded(
-            &raw.grace_period_seconds,
-            "server.grace_period_seconds",
-            &check::GRACE_SECONDS,
-            defaults::GRACE_PERIOD_SECONDS,
-        )?;
-        let (drain, drain_key) = match (
-            &raw.drain_timeout_seconds,
-            &raw.graceful_shutdown_timeout_seconds,
-        ) {
-            (Some(_), Some(old)) => {
-                let at = self.located("server.graceful_shutdown_timeout_seconds", old);
-                return Err(at.err(
-                    "is the older name of drain_timeout_seconds, which is also set: keep \
-                     only drain_timeout_seconds",
-                ));
-            }
-            (None, Some(_)) => (
-                &raw.graceful_shutdown_timeout_seconds,
-                "server.graceful_shutdown_timeout_seconds",
-            ),
-            _ => (&raw.drain_timeout_seconds, "server.drain_timeout_seconds"),
-        };
-        server.drain_timeout_seconds = self.bounded(
-            drain,
-            drain_key,
-            &check::SHUTDOWN_SECONDS,
-            defaults::DRAIN_TIMEOUT_SECONDS,
-        )?;
-        if let Some(field) = &raw.upgrade_sock {
-            let at = self.located("server.upgrade_sock", field);
-            let text = self.string(
-                field,
-                &at,
-                &format!("upgrade_sock = {:?}", defaults::UPGRADE_SOCK),
-            )?;
-            server.upgrade_sock = check::upgrade_sock(&text, &at)?;
-        }
-        let seconds = |field: &Field, key: &str, default: Duration| {
-            self.bounded(field, key, &check::SHUTDOWN_SECONDS, default.as_secs())
-                .map(Duration::from_secs)
-        };
-        let defaults = server.timeouts;
-        server.timeouts.keepalive = seconds(
-            &raw.keepalive_timeout_seconds,
-            "server.keepalive_timeout_seconds",
-            defaults.keepalive,
-        )?;
-        server.timeouts.request_header = seconds(
-            &raw.request_header_timeout_seconds,
-            "server.request_header_timeout_seconds",
-            defaults.request_header,
-        )?;
-        server.timeouts.request_body = seconds(
-            &raw.request_body_timeout_seconds,
-            "server.request_body_timeout_seconds",
-            defaults.request_body,
-        )?;
-        server.timeouts.stalled_reader = seconds(
-            &raw.stalled_reader_timeout_seconds,
-            "server.stalled_reader_timeout_seconds",
-            defaults.stalled_reader,
-        )?;
-        Ok(server)
-    }
-
-    /// `server.metrics_listen`, which must not take the port of `server.listen`.
-    fn metrics_listen(
-        &self,
-        raw: Option<&RawServer>,
-        server: &ServerSettings,
-    ) -> Result<Option<String>, ConfigError> {
-        let Some(field) = raw.and_then(|raw| raw.metrics_listen.as_ref()) else {
-            return Ok(None);
-        };
-        let at = self.located("server.metrics_listen", field);
-        let text = self.string(field, &at, "metrics_listen = \"127.0.0.1:9090\"")?;
-        let listen_is = match raw.and_then(|raw| raw.listen.as_ref()) {
-            Some(listen) => format!(
-                "server.listen = {:?}, line {}",
-                server.listen,
-                line_of(self.text, listen.span().start)
-            ),
-            None => format!("server.listen defaults to {:?}", server.listen),
-        };
-        check::metrics_listen(&text, &at, &server.listen, &listen_is).map(Some)
-    }
-
-    fn upstream(&self, raw: Option<RawUpstream>) -> Result<UpstreamSettings, ConfigError> {
-        let mut upstream = UpstreamSettings::default();
-        let Some(raw) = raw else {
-            return Ok(upstream);
-        };
-        if let Some(field) = &raw.base_url {
-            let at = self.located("upstream.base_url", field);
-            let text = self.string(field, &at, "base_url = \"https://api.openai.com/v1\"")?;
-            check::base_url(&text, &at, &mut upstream)?;
-        }
-        let timeouts = [
-            (
-                &raw.connect_timeout_ms,
-                "upstream.connect_timeout_ms",
-                defaults::CONNECT_TIMEOUT_MS,
-            ),
-            (
-                &raw.first_byte_timeout_ms,
-                "upstream.first_byte_timeout_ms",
-                defaults::FIRST_BYTE_TIMEOUT_MS,
-            ),
-            (
-                &raw.idle_timeout_ms,
-                "upstream.idle_timeout_ms",
-                defaults::IDLE_TIMEOUT_MS,
-            ),
-            (
-                &raw.pool_idle_timeout_ms,
-                "upstream.pool_idle_timeout_ms",
-                defaults::POOL_IDLE_TIMEOUT_MS,
-            ),
-        ];
-        let mut values = [std::time::Duration::ZERO; 4];
-        for (slot, (field, key, default)) in values.iter_mut().zip(timeouts) {
-            *slot = std::time::Duration::from_millis(self.bounded(
-                field,
-                key,
-                &check::TIMEOUT_MS,
-                default,
-            )?);
-        }
-        let [connect, first_byte, idle, pool_idle] = values;
-        upstream.connect_timeout = connect;
-        upstream.first_byte_timeout = first_byte;
-        upstream.idle_timeout = idle;
-        upstream.pool_idle_timeout = pool_idle;
-        upstream.address_connect_timeout = self.address_connect_timeout(&raw, connect)?;
-        if let Some(field) = &raw.resolve {
-            let at = self.located("upstream.resolve", field);
-            for (text, item_at) in self.strings(field, &at, "resolve = [\"203.0.113.7\"]")? {
-                upstream
-                    .resolve
-                    .push(check::resolve_address(&text, &item_at)?);
-            }
-        }
-        Ok(upstream)
-    }
-
-    /// `upstream.address_connect_timeout_ms`, at most `connect`.
-    fn address_connect_timeout(
-        &self,
-        raw: &RawUpstream,
-        connect: Duration,
-    ) -> Result<Duration, ConfigError> {
-        let key = "upstream.address_connect_timeout_ms";
-        let default = defaults::ADDRESS_CONNECT_TIMEOUT_MS;
-        let value = match &raw.address_connect_timeout_ms {
-            Some(field) => Some((
-                self.bounded(
-                    &raw.address_connect_timeout_ms,
-                    key,
-                    &check::TIMEOUT_MS,
-                    default,
-                )?,
-                self.located(key, field),
-            )),
-            None => None,
-        };
-        let value = value.as_ref().map(|(ms, at)| (*ms, at));
-        check::address_connect_timeout(value, connect.as_millis() as u64).map(Duration::from_millis)
-    }
-
-    fn limits(&self, raw: Option<RawLimits>) -> Result<Limits, ConfigError> {
-        let mut limits = Limits::default();
-        let Some(raw) = raw else {
-            return Ok(limits);
-        };
-        limits.max_body_bytes = self.bounded(
-            &raw.max_body_bytes,
-            "limits.max_body_bytes",
-            &check::BODY_BYTES,
-            defaults::MAX_BODY_BYTES as u64,
-        )? as usize;
-        limits.max_message_chars = self.bounded(
-            &raw.max_message_chars,
-            "limits.max_message_chars",
-            &check::MESSAGE_CHARS,
-            defaults::MAX_MESSAGE_CHARS as u64,
-        )? as usize;
-        Ok(limits)
-    }
-
-    fn smtp(&self, raw: Spanned<RawSmtp>) -> Result<SmtpSettings, ConfigError> {
-        let table = self.at("smtp", &raw.span());
-        let raw = raw.into_inner();
-        let Some(host_field) = &raw.host else {
-            return Err(table.field("host").err(
-                "is missing: add host = \"smtp.example.com\" to [smtp], or remove the [smtp] \
-                 table to disable lead e-mails",
-            ));
-        };
-        let host_at = self.located("smtp.host", host_field);
-        let host = check::smtp_host(
-            &self.string(host_field, &host_at, "host = \"smtp.example.com\"")?,
-            &host_at,
-        )?;
-        let port = self.bounded(
-            &raw.port,
-            "smtp.port",
-            &check::PORT,
-            u64::from(defaults::SMTP_PORT),
-        )? as u16;
-
-        let mut user_at = table.field("user");
-        let user = match &raw.user {
-            Some(field) => {
-                user_at = self.located("smtp.user", field);
-                let user = self.string(field, &user_at, "user = \"bot@example.com\"")?;
-                if user.trim().is_empty() {
-                    return Err(user_at.err("is empty: give the SMTP user name, or remove the key"));
-                }
-                Some(user.trim().to_string())
-            }
-            None => None,
-        };
-
-        let mut password_at = table.field("password");
-        let password = match (&raw.password, &raw.password_env) {
-            (Some(_), Some(env_field)) => {
-                return Err(self.located("smtp.password_env", env_field).err(
-                    "and smtp.password are both set: keep exactly one (password_env keeps the \
-                     password out of this file)",
-                ))
-            }
-            (Some(field), None) => {
-                password_at = self.located("smtp.password", field);
-                let password = self.string(field, &password_at, "password = \"...\"")?;
-                if password.trim().is_empty() {
-                    return Err(
-                        password_at.err("is empty: give the SMTP password, or remove the key")
-                    );
-                }
-                Some(Secret::new(password))
-            }
-            (None, Some(field)) => {
-                password_at = self.located("smtp.password_env", field);
-                let name = self.string(field, &password_at, "password_env = \"SMTP_PASS\"")?;
-                let name = check::env_var_name(&name, &password_at)?;
-                let value = check::env_value(self.env, &name, "the SMTP password", &password_at)?;
-                Some(Secret::new(value))
-            }
-            (None, None) => None,
-        };
-        check::smtp_credentials(user.as_deref(), password.as_ref(), &user_at, &password_at)?;
-
-        let tls = match &raw.tls {
-            Some(field) => {
-                let at = self.located("smtp.tls", field);
-                check::smtp_tls(&self.string(field, &at, "tls = \"starttls\"")?, &at)?
-            }
-            None => defaults::smtp_tls(port),
-        };
-        let from = match &raw.from {
-            Some(field) => {
-                let at = self.located("smtp.from", field);
-                let text = self.string(field, &at, "from = \"AI Bot <bot@example.com>\"")?;
-                check::mailbox(&text, &at)?
-            }
-            None => check::default_from(user.as_deref(), &host, "smtp.from", &table.field("from"))?,
-        };
-        let timeout = Duration::from_millis(self.bounded(
-            &raw.timeout_ms,
-            "smtp.timeout_ms",
-            &check::SMTP_TIMEOUT_MS,
-            defaults::SMTP_TIMEOUT_MS,
-        )?);
-        Ok(SmtpSettings {
-            host,
-            port,
-            user,
-            password,
-            tls,
-            from,
-            timeout,
-        })
-    }
-
-    fn leads(&self, raw: Option<RawLeads>) -> Result<LeadSettings, ConfigError> {
-        let mut leads = LeadSettings::default();
-        let Some(raw) = raw else {
-            return Ok(leads);
-        };
-        if let Some(field) = &raw.dir {
-            let at = self.located("leads.dir", field);
-            leads.dir = check::leads_dir(&self.string(field, &at, "dir = \"data\"")?, &at)?;
-        }
-        let counts = [
-            (
-                &mut leads.max_per_conversation,
-                &raw.max_per_conversation,
-                "leads.max_per_conversation",
-                &check::LEADS_PER_CONVERSATION,
-                defaults::MAX_LEADS_PER_CONVERSATION,
-            ),
-            (
-                &mut leads.max_per_tenant_per_hour,
-                &raw.max_per_tenant_per_hour,
-                "leads.max_per_tenant_per_hour",
-                &check::LEADS_PER_HOUR,
-                defaults::MAX_LEADS_PER_TENANT_PER_HOUR,
-            ),
-            (
-                &mut leads.max_tool_rounds,
-                &raw.max_tool_rounds,
-                "leads.max_tool_rounds",
-                &check::TOOL_ROUNDS,
-                defaults::MAX_TOOL_ROUNDS,
-            ),
-        ];
-        for (slot, field, key, bounds, default) in counts {
-            let value = self.bounded(field, key, bounds, u64::from(default))?;
-            // The bounds keep every count far below u32::MAX.
-            *slot = u32::try_from(value).unwrap_or(default);
-        }
-        leads.send_timeout = Duration::from_millis(self.bounded(
-            &raw.send_timeout_ms,
-            "leads.send_timeout_ms",
-            &check::SEND_TIMEOUT_MS,
-            defaults::LEAD_SEND_TIMEOUT_MS,
-        )?);
-        Ok(leads)
-    }
-
-    fn tenants(
-        &self,
-        raw: Option<Spanned<Vec<Spanned<RawTenant>>>>,
-    ) -> Result<Vec<Tenant>, ConfigError> {
-        const HOW: &str = "add a [[tenants]] table with domains, api_key_env (or api_key), and \
-                           assistant_id (Assistants API) or model (Responses API); see \
-                           conf/chatbot-proxy.toml";
-        let Some(list) = raw else {
-            return Err(ConfigError::new(
-                "tenants",
-                format!("no tenant is configured: {HOW}"),
-            ));
-        };
-        if list.get_ref().is_empty() {
-            return Err(self
-                .at("tenants", &list.span())
-                .err(format!("is empty: {HOW}")));
-        }
-        let mut owners = DomainOwners::default();
-        let mut names: HashMap<String, At> = HashMap::new();
-        let mut tenants = Vec::with_capacity(list.get_ref().len());
-        for (index, raw) in list.into_inner().into_iter().enumerate() {
-            let table = self.at(format!("tenants[{index}]"), &raw.span());
-            let tenant = self.tenant(index, raw.get_ref(), &table, &mut owners)?;
-            if let Some(first) = names.get(&tenant.name) {
-                let at = match &raw.get_ref().name {
-                    Some(field) => self.located(format!("{}.name", table.key), field),
-                    None => table.field("name"),
-                };
-                return Err(at.err(format!(
-                    "{} is already the name of {} (line {}): give each tenant its own name",
-                    check::shown(&tenant.name),
-                    first.key,
-                    first.line.unwrap_or_default()
-                )));
-            }
-            names.insert(tenant.name.clone(), table);
-            tenants.push(tenant);
-        }
-        Ok(tenants)
-    }
-
-    fn tenant(
-        &self,
-        index: usize,
-        raw: &RawTenant,
-        table: &At,
-        owners: &mut DomainOwners,
-    ) -> Result<Tenant, ConfigError> {
-        let domains_key = format!("{}.domains", table.key);
-        let Some(domains_field) = &raw.domains else {
-            return Err(table.field("domains").err(
-                "is missing: add domains = [\"example.com\"] to this [[tenants]] table \
-                 (the sites allowed to use this tenant)",
-            ));
-        };
-        let domains_at = self.located(domains_key, domains_field);
-        let example = "domains = [\"example.com\", \"*.example.com\"]";
-        let entries = self.strings(domains_field, &domains_at, example)?;
-        if entries.is_empty() {
-            return Err(domains_at.err(format!(
-                "is empty: list at least one domain, e.g. {example}"
-            )));
-        }
-        let mut domains = Vec::with_capacity(entries.len());
-        for (text, at) in &entries {
-            domains.push((check::domain(text, at)?, at));
-        }
-
-        let name = match &raw.name {
-            Some(field) => {
-                let at = self.located(format!("{}.name", table.key), field);
-                check::tenant_name(&self.string(field, &at, "name = \"acme\"")?, &at)?
-            }
-            None => domains[0].0.clone(),
-        };
-        let label = format!("tenant {}", check::shown(&name));
-        for (domain, at) in &domains {
-            owners.claim(domain, index, &label, at)?;
-        }
-
-        let api_key = self.api_key(raw, table, &name)?;
-
-        let lead_tool = match &raw.lead_tool {
-            Some(field) => {
-                let at = self.located(format!("{}.lead_tool", table.key), field);
-                let text = self.string(field, &at, "lead_tool = \"sendEmail\"")?;
-                check::function_name(&text, &at)?
-            }
-            None => defaults::LEAD_TOOL.to_string(),
-        };
-        let stream_format = match &raw.stream_format {
-            Some(field) => {
-                let at = self.located(format!("{}.stream_format", table.key), field);
-                let text = self.string(field, &at, "stream_format = \"openai\"")?;
-                check::stream_format(&text, &at)?
-            }
-            None => StreamFormat::default(),
-        };
-        let api = self.upstream_api(raw, table, &name, &lead_tool)?;
-
-        let mut lead_recipients = Vec::new();
-        if let Some(field) = &raw.lead_recipients {
-            let at = self.located(format!("{}.lead_recipients", table.key), field);
-            for (text, item_at) in
-                self.strings(field, &at, "lead_recipients = [\"sales@example.com\"]")?
-            {
-                lead_recipients.push(check::recipient(&text, &item_at)?);
-            }
-        }
-
-        Ok(Tenant {
-            name,
-            domains: domains.into_iter().map(|(d, _)| d).collect(),
-            api_key,
-            api,
-            lead_recipients,
-            lead_tool,
-            stream_format,
-            redact_run_objects: false,
-        })
-    }
-
-    /// The tenant's upstream API: `api` if set, else inferred from which of `assistant_id` /
-    /// `model` is present; then the settings that API takes.
-    fn upstream_api(
-        &self,
-        raw: &RawTenant,
-        table: &At,
-        name: &str,
-        lead_tool: &str,
-    ) -> Result<UpstreamApi, ConfigError> {
-        let key = |field: &str| format!("{}.{field}", table.key);
-        let choice = match &raw.api {
-            Some(field) => {
-                let api_at = self.located(key("api"), field);
-                let kind = check::api_kind(
-                    &self.string(field, &api_at, "api = \"responses\"")?,
-                    &api_at,
-                )?;
-                let (wanted, unwanted, example) = match kind {
-                    ApiKind::Assistants => (
-                        (&raw.assistant_id, "assistant_id"),
-                        (&raw.model, "model"),
-                        "assistant_id = \"asst_...\" (copy it from the OpenAI dashboard)",
-                    ),
-                    ApiKind::Responses => (
-                        (&raw.model, "model"),
-                        (&raw.assistant_id, "assistant_id"),
-                        "model = \"gpt-5.4\"",
-                    ),
-                };
-                let (api, other_api) = match kind {
-                    ApiKind::Assistants => ("assistants", "responses"),
-                    ApiKind::Responses => ("responses", "assistants"),
-                };
-                if let (Some(field), unwanted_key) = unwanted {
-                    return Err(self.located(key(unwanted_key), field).err(format!(
-                        "is set, but api = \"{api}\" does not use it: remove it, or write \
-                         api = \"{other_api}\""
-                    )));
-                }
-                match wanted {
-                    (Some(field), _) => (kind, field),
-                    (None, wanted_key) => {
-                        let at = At {
-                            key: key(wanted_key),
-                            line: api_at.line,
-                        };
-                        return Err(at.err(format!("is missing: api = \"{api}\" needs {example}")));
-                    }
-                }
-            }
-            None => {
-                // `tenants[1] (acme)`, unless the name looks like a secret.
-                let label = if check::shown(name).starts_with('"') {
-                    format!("{} ({name})", table.key)
-                } else {
-                    table.key.clone()
-                };
-                match (&raw.assistant_id, &raw.model) {
-                    (Some(field), None) => (ApiKind::Assistants, field),
-                    (None, Some(field)) => (ApiKind::Responses, field),
-                    (Some(assistant), Some(model)) => {
-                        let later = if assistant.span().start > model.span().start {
-                            assistant
-                        } else {
-                            model
-                        };
-                        return Err(self.located(label, later).err(
-                            "set either assistant_id (Assistants API) or model (Responses API), \
-                             not both",
-                        ));
-                    }
-                    (None, None) => {
-                        let at = At {
-                            key: label,
-                            line: table.line,
-                        };
-                        return Err(at.err(
-                            "set either assistant_id (Assistants API) or model (Responses API): \
-                             add assistant_id = \"asst_...\" or model = \"gpt-5.4\"",
-                        ));
-                    }
-                }
-            }
-        };
-
-        match choice {
-            (ApiKind::Assistants, field) => {
-                const ELSEWHERE: &str = "is only for the Responses API: with the Assistants API \
-                     the instructions and tools live in the assistant on OpenAI's side; set them \
-                     there and remove this key, or replace assistant_id with model";
-                for (extra, extra_key) in [
-                    (&raw.instructions, "instructions"),
-                    (&raw.instructions_file, "instructions_file"),
-                ] {
-                    if let Some(extra) = extra {
-                        return Err(self.located(key(extra_key), extra).err(ELSEWHERE));
-                    }
-                }
-                if let Some(tools) = &raw.tools {
-                    return Err(self.at(key("tools"), &tools.span()).err(ELSEWHERE));
-                }
-                let at = self.located(key("assistant_id"), field);
-                let text = self.string(field, &at, "assistant_id = \"asst_...\"")?;
-                Ok(UpstreamApi::Assistants {
-                    assistant_id: check::assistant_id(&text, &at)?,
-                })
-            }
-            (ApiKind::Responses, field) => {
-                let at = self.located(key("model"), field);
-                let model = check::model(&self.string(field, &at, "model = \"gpt-5.4\"")?, &at)?;
-                let instructions = match (&raw.instructions, &raw.instructions_file) {
-                    (Some(_), Some(file)) => {
-                        return Err(self.located(key("instructions_file"), file).err(format!(
-                            "and {} are both set: keep one (the text itself, or the file \
-                             holding it)",
-                            key("instructions")
-                        )))
-                    }
-                    (Some(field), None) => {
-                        let at = self.located(key("instructions"), field);
-                        let text = self.string(field, &at, "instructions = \"You are ...\"")?;
-                        Some(check::instructions(&text, "the text", &at)?)
-                    }
-                    (None, Some(field)) => {
-                        let at = self.located(key("instructions_file"), field);
-                        Some(self.instructions_file(field, &at)?)
-                    }
-                    (None, None) => None,
-                };
-                let tools = match &raw.tools {
-                    Some(field) => self.tools(field, &key("tools"), lead_tool)?,
-                    None => Vec::new(),
-                };
-                Ok(UpstreamApi::Responses {
-                    model,
-                    instructions,
-                    tools,
-                })
-            }
-        }
-    }
-
-    /// The instructions in the file named by `field`, relative to the configuration's directory.
-    fn instructions_file(&self, field: &Spanned<Value>, at: &At) -> Result<String, ConfigError> {
-        let name = self.string(field, at, "instructions_file = \"acme-instructions.txt\"")?;
-        let name = name.trim();
-        if name.is_empty() {
-            return Err(at.err(
-                "is empty: write the path of a UTF-8 text file holding the instructions, \
-                 relative to this file's directory",
-            ));
-        }
-        let path = self.base_dir.join(name);
-        let place = if Path::new(name).is_absolute() {
-            String::new()
-        } else if self.base_dir.as_os_str().is_empty() {
-            " (relative paths start from the working directory)".to_string()
-        } else {
-            format!(
-                " (relative paths start from {}, the directory of this file)",
-                self.base_dir.display()
-            )
-        };
-        let bytes = std::fs::read(&path).map_err(|e| {
-            at.err(format!(
-                "cannot read {}{place}: {e}; check the path and the file's permissions",
-                check::shown(name)
-            ))
-        })?;
-        let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
-        let Ok(text) = std::str::from_utf8(bytes) else {
-            return Err(at.err(format!(
-                "{}{place} is not UTF-8 text: save it as UTF-8",
-                check::shown(name)
-            )));
-        };
-        check::instructions(text, &format!("the file {}", check::shown(name)), at)
-    }
-
-    /// `tools`: an array of tables, each passed through as JSON; every entry gets its own
-    /// key (`tools[i]`) and line.
-    fn tools(
-        &self,
-        field: &Spanned<serde_json::Value>,
-        key: &str,
-        lead_tool: &str,
-    ) -> Result<Vec<serde_json::Value>, ConfigError> {
-        let at = self.at(key, &field.span());
-        let serde_json::Value::Array(items) = field.get_ref() else {
-            return Err(at.err(format!(
-                "must be an array of tables, not {}: write e.g. tools = [{{ type = \
-                 \"file_search\", vector_store_ids = [\"vs_...\"] }}]",
-                toml_kind(field.get_ref())
-            )));
-        };
-        let spans = element_spans(self.text, &field.span());
-        for (i, item) in items.iter().enumerate() {
-            let item_at = match spans.as_ref().and_then(|s| s.get(i)) {
-                Some(span) => self.at(format!("{key}[{i}]"), span),
-                None => at.index(i),
-            };
-            if has_datetime(item) {
-                return Err(item_at.err(
-                    "contains a date or time: tool definitions take strings, numbers, booleans, \
-                     arrays and tables only; write the date as a string in double quotes",
-                ));
-            }
-            check::tool(item, lead_tool, &item_at)?;
-        }
-        Ok(items.clone())
-    }
-
-    /// Exactly one of `api_key` / `api_key_env`; the variable must be set.
-    fn api_key(&self, raw: &RawTenant, table: &At, name: &str) -> Result<Secret, ConfigError> {
-        match (&raw.api_key, &raw.api_key_env) {
-            (Some(_), Some(env_field)) => Err(self
-                .located(format!("{}.api_key_env", table.key), env_field)
-                .err(format!(
-                    "and {}.api_key are both set: keep exactly one (api_key_env is preferred: \
-                     it keeps the key out of this file)",
-                    table.key
-                ))),
-            (None, None) => Err(table.field("api_key").err(
-                "is missing: add api_key_env = \"ACME_OPENAI_KEY\" (an environment variable \
-                 holding the OpenAI key) or api_key = \"sk-...\"",
-            )),
-            (Some(field), None) => {
-                let at = self.located(format!("{}.api_key", table.key), field);
-                let key = self.string(field, &at, "api_key = \"sk-...\"")?;
-                check::api_key(&key, "the API key", &at)
-            }
-            (None, Some(field)) => {
-                let at = self.located(format!("{}.api_key_env", table.key), field);
-                let var = self.string(field, &at, "api_key_env = \"ACME_OPENAI_KEY\"")?;
-                let var = check::env_var_name(&var, &at)?;
-                let purpose = format!("the OpenAI API key of tenant {}", check::shown(name));
-                let key = check::env_value(self.env, &var, &purpose, &at)?;
-                check::api_key(&key, &format!("the API key in {var}"), &at)
-            }
-        }
-    }
-}
-
-/// "a string", "an integer", ... for messages.
-fn article(type_name: &str) -> String {
-    match type_name.chars().next() {
-        Some('a' | 'e' | 'i' | 'o' | 'u') => format!("an {type_name}"),
-        _ => format!("a {type_name}"),
-    }
-}
-
-fn last_segment(key: &str) -> &str {
-    key.rsplit('.').next().unwrap_or(key)
-}
-
-/// Whether a value converted from TOML holds a date-time anywhere.
-fn has_datetime(value: &serde_json::Value) -> bool {
-    match value {
-        serde_json::Value::Object(map) => {
-            map.contains_key(TOML_DATETIME_KEY) || map.values().any(has_datetime)
-        }
-        serde_json::Value::Array(items) => items.iter().any(has_datetime),
-        _ => false,
-    }
-}
-
-/// "a string", "a date-time", ... for a value converted from TOML.
-fn toml_kind(value: &serde_json::Value) -> &'static str {
-    match value {
-        serde_json::Value::Object(map) if map.contains_key(TOML_DATETIME_KEY) => "a date-time",
-        serde_json::Value::Object(_) => "a table",
-        other => check::json_kind(other),
-    }
-}
-
-/// The spans of the elements of the array written at `span`, found by parsing that slice
-/// again on its own (a `Value` keeps no positions for its elements). An array of tables
-/// (`[[tenants.tools]]` headers) gets one span per header.
-fn element_spans(text: &str, span: &Range<usize>) -> Option<Vec<Range<usize>>> {
-    #[derive(Deserialize)]
-    struct Wrapper {
-        x: Vec<Spanned<Value>>,
-    }
-    let slice = text.get(span.clone())?;
-    if slice.starts_with("[[") {
-        return table_array_spans(slice, span.start);
-    }
-    let prefix = "x = ";
-    let wrapper: Wrapper = toml::from_str(&format!("{prefix}{slice}")).ok()?;
-    let shift = span.start;
-    Some(
-        wrapper
-            .x
-            .iter()
-            .map(|item| {
-                let s = item.span();
-                (s.start - prefix.len() + shift)..(s.end - prefix.len() + shift)
-            })
-            .collect(),
-    )
-}
-
-/// The spans of the tables of an array of tables written as `[[a.b]]` sections: each runs
-/// from one header written like the first to the next. `shift` is where `slice` starts.
-fn table_array_spans(slice: &str, shift: usize) -> Option<Vec<Range<usize>>> {
-    let header_of = |line: &str| line.split('#').next().unwrap_or("").trim().to_string();
-    let first = header_of(slice.split('\n').next()?);
-    let mut starts = Vec::new();
-    let mut offset = 0;
-    for line in slice.split_inclusive('\n') {
-        if header_of(line) == first {
-            starts.push(offset);
-        }
-        offset += line.len();
-    }
-    let ends = starts.iter().skip(1).copied().chain([slice.len()]);
-    Some(
-        starts
-            .iter()
-            .zip(ends)
-            .map(|(&start, end)| (start + shift)..(end + shift))
-            .collect(),
-    )
-}
-
-/// Turns an error of the TOML parser or deserializer into a `ConfigError` with a line, a key
-/// and advice, making sure no secret from the offending line slips into the message.
-fn parser_error(text: &str, err: &toml::de::Error) -> ConfigError {
-    let span = err.span();
-    let line = span.as_ref().map(|s| line_of(text, s.start));
-    let key = span.as_ref().and_then(|s| key_path_at(text, s.start));
-    let mut message = friendly(err.message());
-    if let Some(line) = line {
-        if leaks_secret(&message, text.split('\n').nth(line - 1).unwrap_or("")) {
-            message = "this line is not valid TOML (the value is not shown because it is a \
-                       secret): write it as a string in double quotes, e.g. api_key = \"sk-...\""
-                .to_string();
-        }
-    }
-    let error = match key {
+    match key {
         Some(key) => ConfigError::new(key, message),
         None => ConfigError::general(message),
-    };
-    error.with_line(line)
+    }
+    .with_line(Some(line))
 }
 
-/// Rewords the parser's message and adds what to do.
-fn friendly(message: &str) -> String {
+/// The message of the parser (`syntax`) or of serde, reworded to say what to do, without
+/// the value serde may quote.
+fn reworded(message: &str, syntax: bool) -> String {
     let message = message.trim().replace('\n', "; ");
+    if syntax && message.starts_with("duplicate key") {
+        return format!("{message}: keep only one of them");
+    }
+    if syntax {
+        return format!(
+            "{message}: fix the TOML syntax here (strings need double quotes, e.g. key = \"value\")"
+        );
+    }
     if let Some(rest) = message.strip_prefix("unknown field") {
+        let allowed = ": check the spelling; the keys allowed here are ";
         let rest = rest
-            .replacen(
-                ", expected one of ",
-                ": check the spelling; the keys allowed here are ",
-                1,
-            )
-            .replacen(
-                ", expected ",
-                ": check the spelling; the keys allowed here are ",
-                1,
-            )
+            .replacen(", expected one of ", allowed, 1)
+            .replacen(", expected ", allowed, 1)
             .replacen(", there are no fields", ": this table takes no keys", 1);
         return format!("unknown key{rest}");
     }
-    if message.starts_with("duplicate key") {
-        return format!("{message}: keep only one of them");
-    }
-    if message.starts_with("invalid type") {
-        let message = message
-            .replace("expected struct RawTenant", "expected a [[tenants]] table")
-            .replace(
-                "expected a sequence",
-                "expected an array (write tenants as [[tenants]] tables)",
-            );
-        let message = match message.find("expected struct Raw") {
-            Some(pos) => format!("{}expected a table such as [server]", &message[..pos]),
-            None => message,
+    let Some((found, expected)) = message
+        .strip_prefix("invalid type: ")
+        .and_then(|rest| rest.split_once(", expected "))
+    else {
+        return message; // our own, from a type's `TryFrom`
+    };
+    let expected = match expected {
+        "i64" => "a whole number without quotes",
+        "a string" => "a string in double quotes",
+        "a sequence" => "an array",
+        other if other.starts_with("struct ") => "a table",
+        other => other,
+    };
+    // What serde found, without the value itself (`string "4"`, `integer `5``).
+    let found = match found.split([' ', '`', '"']).next().unwrap_or_default() {
+        "string" => "a string",
+        "integer" => "a number",
+        "floating" => "a decimal number",
+        "boolean" => "a boolean",
+        "sequence" => "an array",
+        "map" => "a table",
+        "date-time" => "a date-time",
+        _ => "something else",
+    };
+    format!("must be {expected}, not {found}")
+}
+
+/// `name = value` as the example file writes it (commented out or not) for the last part of
+/// `key`; none when the value spans lines.
+fn example_of(key: &str) -> Option<&'static str> {
+    let name = key.rsplit('.').next()?.split('[').next()?;
+    EXAMPLE_FILE
+        .lines()
+        .map(|line| line.trim_start_matches(['#', ' ']))
+        .find(|line| {
+            line.split_once(" = ").is_some_and(|(left, value)| {
+                left == name && value != "\"\"\"" && !value.ends_with('[')
+            })
+        })
+}
+
+/// The dotted key (`tenants[1].domains[0]`) of what is written at byte `offset`. After a
+/// syntax error the rest of the line is replaced by a value, so that the document parses.
+fn key_at(text: &str, offset: usize, syntax: bool) -> Option<String> {
+    let patched;
+    let text = match syntax {
+        true => {
+            let end = text
+                .get(offset..)?
+                .find('\n')
+                .map_or(text.len(), |n| offset + n);
+            patched = format!("{}0{}", &text[..offset], &text[end..]);
+            &patched
+        }
+        false => text,
+    };
+    let doc = ImDocument::parse(text).ok()?;
+    key_in_table(doc.as_table(), offset, "")
+}
+
+fn key_in_table(table: &dyn TableLike, offset: usize, path: &str) -> Option<String> {
+    table.iter().find_map(|(name, item)| {
+        let path = match path {
+            "" => name.to_string(),
+            _ => format!("{path}.{name}"),
         };
-        return format!("{message}; see conf/chatbot-proxy.toml for the expected layout");
+        let at_key = table.key(name).and_then(|key| key.span());
+        if at_key.is_some_and(|span| span.contains(&offset)) {
+            return Some(path);
+        }
+        let inner = match item {
+            Item::Table(table) => key_in_table(table, offset, &path),
+            Item::ArrayOfTables(tables) => tables.iter().enumerate().find_map(|(i, table)| {
+                let path = format!("{path}[{i}]");
+                key_in_table(table, offset, &path).or_else(|| within(table.span(), offset, path))
+            }),
+            Item::Value(value) => key_in_value(value, offset, &path),
+            Item::None => None,
+        };
+        inner.or_else(|| within(item.span(), offset, path))
+    })
+}
+
+fn key_in_value(value: &Value, offset: usize, path: &str) -> Option<String> {
+    match value {
+        Value::Array(items) => items.iter().enumerate().find_map(|(i, item)| {
+            let path = format!("{path}[{i}]");
+            key_in_value(item, offset, &path).or_else(|| within(item.span(), offset, path))
+        }),
+        Value::InlineTable(table) => key_in_table(table, offset, path),
+        _ => None,
     }
-    format!(
-        "{message}: fix the TOML syntax here (strings need double quotes, e.g. key = \"value\")"
-    )
+}
+
+/// `path` when `span` holds `offset`.
+fn within(span: Option<std::ops::Range<usize>>, offset: usize, path: String) -> Option<String> {
+    span.filter(|span| span.contains(&offset)).map(|_| path)
 }
 
 /// Whether `message` could reveal the value of a secret on `line`.
@@ -1151,7 +213,7 @@ fn leaks_secret(message: &str, line: &str) -> bool {
         return false;
     };
     let key = key.trim().trim_matches(['"', '\'']);
-    if !SECRET_KEYS.contains(&last_segment(key)) {
+    if !SECRET_KEYS.contains(&key.rsplit('.').next().unwrap_or(key)) {
         return false;
     }
     let value: Vec<char> = value.trim().trim_matches(['"', '\'']).chars().collect();
@@ -1161,52 +223,11 @@ fn leaks_secret(message: &str, line: &str) -> bool {
             .any(|w| message.contains(&w.iter().collect::<String>()))
 }
 
-/// The dotted key for a position: the enclosing table header (`[server]`, or `tenants[N]` for
-/// the N-th `[[tenants]]`) and the key assigned on that line or the closest one above it.
-fn key_path_at(text: &str, offset: usize) -> Option<String> {
-    let target = line_of(text, offset);
-    let mut table = String::new();
-    let mut key: Option<String> = None;
-    let mut counts: HashMap<String, usize> = HashMap::new();
-    for line in text.split('\n').take(target) {
-        let code = line.split('#').next().unwrap_or("").trim();
-        if let Some(name) = code.strip_prefix("[[").and_then(|r| r.strip_suffix("]]")) {
-            let name = name.trim().to_string();
-            let count = counts.entry(name.clone()).or_insert(0);
-            table = format!("{name}[{count}]");
-            *count += 1;
-            key = None;
-        } else if let Some(name) = code.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
-            if is_key_text(name) {
-                table = name.trim().to_string();
-                key = None;
-            }
-        } else if let Some((left, _)) = code.split_once('=') {
-            if is_key_text(left) {
-                key = Some(left.trim().replace(['"', '\''], ""));
-            }
-        }
-    }
-    match (table.is_empty(), key) {
-        (true, None) => None,
-        (true, Some(key)) => Some(key),
-        (false, None) => Some(table),
-        (false, Some(key)) => Some(format!("{table}.{key}")),
-    }
-}
-
-fn is_key_text(text: &str) -> bool {
-    let text = text.trim();
-    !text.is_empty()
-        && text
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_-.\"' ".contains(c))
-}
-
 #[cfg(test)]
 mod tests {
-    use super::super::types::SmtpTls;
+    use super::super::types::*;
     use super::*;
+    use std::time::Duration;
 
     const FILE: &str = "chatbot-proxy.toml";
 
@@ -1226,6 +247,11 @@ assistant_id = "asst_minimal"
 
     fn load(text: &str) -> Result<Config, ConfigError> {
         from_toml_str(text, FILE, &env(&[("ACME_OPENAI_KEY", "sk-from-env-1234")]))
+    }
+
+    /// A tenant's domains in their normalized form.
+    fn domains(tenant: &Tenant) -> Vec<String> {
+        tenant.domains.iter().map(ToString::to_string).collect()
     }
 
     fn load_err(text: &str) -> String {
@@ -1293,7 +319,7 @@ assistant_id = "asst_minimal"
             unreachable!()
         };
         assert_eq!(acme.name, "acme");
-        assert_eq!(acme.domains, ["acme.com", "*.acme.com"]);
+        assert_eq!(domains(acme), ["acme.com", "*.acme.com"]);
         assert_eq!(acme.api_key.expose(), "sk-acme-example");
         assert_eq!(
             acme.api,
@@ -1405,7 +431,7 @@ lead_recipients = ["sales@acme.com"]
         assert_eq!(config.limits.max_message_chars, 100);
         let smtp = config.smtp.unwrap();
         assert_eq!((smtp.port, smtp.user, smtp.password), (587, None, None));
-        assert_eq!(config.tenants[0].domains, ["acme.com", "*.acme.com"]);
+        assert_eq!(domains(&config.tenants[0]), ["acme.com", "*.acme.com"]);
         assert_eq!(config.tenants[0].api_key.expose(), "sk-from-env-1234");
     }
 
@@ -1669,7 +695,7 @@ lead_recipients = ["sales@acme.com"]
         let err = load_err(&with_domains(r#"["a.com", "A.com "]"#));
         assert!(err.contains("listed twice in the same tenant"), "{err}");
         let config = load(&with_domains(r#"[" Shop.A.com ", "*.a.com"]"#)).unwrap();
-        assert_eq!(config.tenants[0].domains, ["shop.a.com", "*.a.com"]);
+        assert_eq!(domains(&config.tenants[0]), ["shop.a.com", "*.a.com"]);
     }
 
     #[test]
@@ -2428,19 +1454,138 @@ tools = [
     fn key_path_follows_table_headers() {
         let text = "a = 1\n[server]\nlisten = 2\n[[tenants]]\nx = 1\n[[tenants]]\ny = [\n 1,\n]\n";
         let offset = |needle: &str| text.find(needle).unwrap();
-        assert_eq!(key_path_at(text, 0).as_deref(), Some("a"));
+        assert_eq!(key_at(text, 0, false).as_deref(), Some("a"));
         assert_eq!(
-            key_path_at(text, offset("listen")).as_deref(),
+            key_at(text, offset("listen"), false).as_deref(),
             Some("server.listen")
         );
         assert_eq!(
-            key_path_at(text, offset("x =")).as_deref(),
+            key_at(text, offset("x ="), false).as_deref(),
             Some("tenants[0].x")
         );
         assert_eq!(
-            key_path_at(text, offset(" 1,")).as_deref(),
+            key_at(text, offset(" 1,"), false).as_deref(),
             Some("tenants[1].y")
         );
+    }
+
+    #[test]
+    fn key_path_is_not_fooled_by_strings_and_comments() {
+        // Header-like text inside strings and comments, which scanning lines took for tables.
+        let text = "a = \"[x] # not a table\"\n# [[tenants]]\n[server]\nprefix = \"#[y]\"\n\
+                    listen = 2 # [z]\n[[tenants]]\ndomains = [\"a\", \"[[b]]\", 3]\n";
+        let offset = |needle: &str| text.find(needle).unwrap();
+        assert_eq!(key_at(text, offset("[x]"), false).as_deref(), Some("a"));
+        assert_eq!(
+            key_at(text, offset("listen"), false).as_deref(),
+            Some("server.listen")
+        );
+        assert_eq!(
+            key_at(text, offset("3]"), false).as_deref(),
+            Some("tenants[0].domains[2]"),
+            "the first [[tenants]] is the one after the comment"
+        );
+        // A syntax error: the rest of the line is replaced, the rest of the file still counts.
+        let broken = "[server]\nlisten = 0.0.0.0:3000\n[[tenants]]\nx = 1\n";
+        let at = broken.find("0.0.0").unwrap();
+        assert_eq!(key_at(broken, at, true).as_deref(), Some("server.listen"));
+    }
+
+    #[test]
+    fn wrong_types_are_serde_errors_with_an_example_and_never_the_value() {
+        let err = load(&format!(
+            "{MINIMAL}[smtp]\nhost = \"m.x\"\nport = \"hunter2-port\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!((err.key(), err.line()), (Some("smtp.port"), Some(8)));
+        assert_eq!(
+            err.message(),
+            "must be a whole number without quotes, not a string: write e.g. port = 587"
+        );
+        let err = load_err(&named("model = \"m\"\ntools = 2024-01-01T00:00:00Z\n"));
+        assert!(err.contains("tenants[0].tools: must be an array of tables, not a date-time"));
+        // A secret in a number's place: the type is named, the value is not.
+        let err = load_err(&format!("[server]\nthreads = \"sk-SECRET-77\"\n{MINIMAL}"));
+        assert_eq!(
+            err,
+            "chatbot-proxy.toml line 2: server.threads: must be a whole number without quotes, \
+             not a string: write e.g. threads = 2"
+        );
+        let err = load_err(&format!("server = 5\n{MINIMAL}"));
+        assert!(
+            err.starts_with("chatbot-proxy.toml line 1: server: must be a table"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_invalid_domain_names_the_tenant_key() {
+        // Moved from the tenant directory, which parsed the entries before the configuration
+        // did: now the configuration parses them, with the directory's own rule.
+        let err = load_err(&with_domains(r#"["a.com", "*"]"#));
+        assert!(
+            err.starts_with(
+                "chatbot-proxy.toml line 2: tenants[0].domains[1]: \"*\" would allow every website"
+            ),
+            "{err}"
+        );
+        let err = load_err(&with_domains(r#"["*.com"]"#));
+        assert!(err.contains("every site under \"com\""), "{err}");
+        // An entry that looks like a key is not quoted, nor is the hint that names its host.
+        let err = load_err(&with_domains(r#"["sk-live-abcdef.com:80"]"#));
+        assert!(!err.contains("abcdef"), "{err}");
+    }
+
+    /// Two tenants, `alice` with `first` and `bob` with `second` (line 8).
+    fn two_tenants(first: &str, second: &str) -> String {
+        format!(
+            "[[tenants]]\nname = \"alice\"\ndomains = [\"{first}\"]\napi_key = \"sk-a1\"\n\
+             assistant_id = \"asst_a\"\n[[tenants]]\nname = \"bob\"\ndomains = [\"{second}\"]\n\
+             api_key = \"sk-b1\"\nassistant_id = \"asst_b\"\n"
+        )
+    }
+
+    #[test]
+    fn the_same_site_in_two_tenants_is_refused_after_normalization() {
+        for (first, second, site) in [
+            ("example.com", "www.example.com", "example.com"),
+            ("Example.COM.", "example.com", "example.com"),
+            (
+                "bücher.example",
+                "xn--bcher-kva.example",
+                "xn--bcher-kva.example",
+            ),
+            ("::1", "[::1]", "[::1]"),
+            ("::ffff:1.2.3.4", "::ffff:102:304", "[::ffff:102:304]"),
+            ("*.Example.com.", "*.example.com", "*.example.com"),
+        ] {
+            let err = load(&two_tenants(first, second)).unwrap_err();
+            assert_eq!(err.key(), Some("tenants[1].domains[0]"), "{err}");
+            assert_eq!(err.line(), Some(8), "{err}");
+            let shown = err.to_string();
+            for part in ["\"alice\"", "\"bob\"", "tenants[0].domains[0], line 3"] {
+                assert!(shown.contains(part), "{first} / {second}: {shown}");
+            }
+            assert!(shown.contains(&format!("the site \"{site}\"")), "{shown}");
+        }
+        // Different sites: nested wildcards, a wildcard and its apex, www under a wildcard.
+        for (first, second) in [
+            ("*.example.com", "*.eu.example.com"),
+            ("*.example.com", "example.com"),
+            ("*.example.com", "shop.example.com"),
+            ("example.com", "www.example.org"),
+            ("127.0.0.1", "localhost"),
+        ] {
+            let config = load(&two_tenants(first, second)).unwrap();
+            assert_eq!(config.tenants.len(), 2, "{first} / {second}");
+        }
+    }
+
+    #[test]
+    fn two_spellings_of_one_site_in_one_tenant_are_kept() {
+        let config = load(&with_domains(r#"["example.com", "www.example.com"]"#)).unwrap();
+        assert_eq!(domains(&config.tenants[0]), ["example.com"]);
+        assert_eq!(config.tenants[0].name, "example.com");
     }
 
     #[test]
@@ -2485,7 +1630,8 @@ tools = [
         );
         assert!(err.contains("without a port"), "{err}");
         let err = load_err(&format!("[upstream]\nresolve = \"127.0.0.1\"\n{MINIMAL}"));
-        assert!(err.contains("upstream.resolve: must be an array"), "{err}");
+        assert!(err.contains("upstream.resolve"), "{err}");
+        assert!(err.contains("array"), "{err}");
         let err = load_err(&format!(
             "[upstream]\nconnect_timeout_ms = 1000\naddress_connect_timeout_ms = 2000\n{MINIMAL}"
         ));
@@ -2494,5 +1640,42 @@ tools = [
             "{err}"
         );
         assert!(err.contains("connect_timeout_ms (1000)"), "{err}");
+    }
+
+    #[test]
+    fn client_timeouts_and_run_object_redaction() {
+        let config = load(MINIMAL).unwrap();
+        let timeouts = config.server.timeouts;
+        assert_eq!(timeouts.keepalive, Duration::from_secs(60));
+        assert_eq!(timeouts.request_header, Duration::from_secs(10));
+        assert_eq!(timeouts.request_body, Duration::from_secs(15));
+        assert_eq!(timeouts.stalled_reader, Duration::from_secs(30));
+        assert!(!config.tenants[0].redact_run_objects, "off by default");
+        let config = load(&format!(
+            "[server]\nkeepalive_timeout_seconds = 5\nrequest_header_timeout_seconds = 2\n\
+             request_body_timeout_seconds = 3\nstalled_reader_timeout_seconds = 4\n{MINIMAL}\n\
+             redact_run_objects = true\n"
+        ))
+        .unwrap();
+        let timeouts = config.server.timeouts;
+        assert_eq!(
+            [
+                timeouts.keepalive,
+                timeouts.request_header,
+                timeouts.request_body,
+                timeouts.stalled_reader
+            ],
+            [5, 2, 3, 4].map(Duration::from_secs)
+        );
+        assert!(config.tenants[0].redact_run_objects);
+        let err = load_err(&format!(
+            "[server]\nkeepalive_timeout_seconds = 0\n{MINIMAL}"
+        ));
+        assert!(
+            err.starts_with("chatbot-proxy.toml line 2: server.keepalive_timeout_seconds:"),
+            "{err}"
+        );
+        let err = load_err(&format!("{MINIMAL}\nredact_run_objects = \"yes\"\n"));
+        assert!(err.contains("redact_run_objects"), "{err}");
     }
 }

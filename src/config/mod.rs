@@ -4,6 +4,10 @@
 //! without any I/O: they take the text and the environment as values, for tests and for the
 //! `demo` command. Either way the result is a fully checked [`Config`], or a [`ConfigError`]
 //! naming the key (and the file line) at fault and what to do, never showing a secret.
+//!
+//! The way through: the file (`file`, by serde) or the environment (`env`) gives the typed
+//! configuration as written (`raw`); `validate` turns it into a [`Config`] with the rules of
+//! `check` (domains by the one domain rule of [`crate::domain`]), the same for both modes.
 
 mod check;
 mod defaults;
@@ -11,7 +15,9 @@ mod dotenv;
 mod env;
 mod error;
 mod file;
+mod raw;
 mod types;
+mod validate;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

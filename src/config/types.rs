@@ -7,6 +7,10 @@
 use std::fmt;
 use std::time::Duration;
 
+use serde::Deserialize;
+
+pub use crate::domain::DomainPattern;
+
 /// Everything the proxy needs to run.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -111,6 +115,12 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Longest message accepted, in characters (default 4,000).
     pub max_message_chars: usize,
+    /// Where counters, budgets and locks are shared by a fleet (`REDIS_URL`); `None`: kept
+    /// in this process.
+    pub redis_url: Option<Secret>,
+    /// Proxies (load balancers, CDNs) whose forwarding headers name the client
+    /// (`TRUSTED_PROXIES`); from anyone else those headers are ignored.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// One website (or group of websites) served with one OpenAI key and assistant.
@@ -118,8 +128,9 @@ pub struct Limits {
 pub struct Tenant {
     /// Name used in logs and metrics; never a secret.
     pub name: String,
-    /// Domain patterns as configured, lowercase: `example.com` or `*.example.com`.
-    pub domains: Vec<String>,
+    /// Domain patterns, parsed and normalized: `example.com`, `*.example.com`, `127.0.0.1`.
+    /// No other tenant lists the same site.
+    pub domains: Vec<DomainPattern>,
     /// The OpenAI API key.
     pub api_key: Secret,
     /// Which upstream API answers, and with what (assistant, or model and instructions).
@@ -155,7 +166,8 @@ pub enum UpstreamApi {
 }
 
 /// How the answer stream is framed for the browser.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(try_from = "String")]
 pub enum StreamFormat {
     /// Upstream event-stream bytes unchanged (`"openai"`, the default).
     #[default]
@@ -197,7 +209,8 @@ pub struct SmtpSettings {
 }
 
 /// How the SMTP connection is secured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub enum SmtpTls {
     /// TLS from the first byte (port 465).
     Implicit,
@@ -210,7 +223,8 @@ pub enum SmtpTls {
 }
 
 /// A secret (API key, password) that never shows itself in `Debug` or `Display` output.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
 pub struct Secret(String);
 
 impl Secret {

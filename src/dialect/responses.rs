@@ -161,7 +161,7 @@ mod tests {
     fn tenant(recipients: &[&str]) -> Tenant {
         Tenant {
             name: "acme".into(),
-            domains: vec!["acme.test".into()],
+            domains: vec!["acme.test".parse().unwrap()],
             api_key: Secret::new("sk-acme"),
             api: UpstreamApi::Responses {
                 model: "gpt-5.4".into(),

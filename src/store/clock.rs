@@ -69,6 +69,30 @@ impl Clock for ManualClock {
     }
 }
 
+/// A clock read from a file holding unix milliseconds, re-read on every call: how the
+/// integration tests move a running proxy's time (environment variable
+/// `CHATBOT_PROXY_TEST_CLOCK_FILE`, never for production). An unreadable file reads as the
+/// machine's time.
+#[derive(Debug)]
+pub struct FileClock {
+    path: std::path::PathBuf,
+}
+
+impl FileClock {
+    pub fn shared(path: impl Into<std::path::PathBuf>) -> SharedClock {
+        Arc::new(FileClock { path: path.into() })
+    }
+}
+
+impl Clock for FileClock {
+    fn now_unix_ms(&self) -> u64 {
+        std::fs::read_to_string(&self.path)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or_else(|| SystemClock.now_unix_ms())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,7 +26,7 @@ mod redis_store;
 mod token;
 mod window;
 
-pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
+pub use clock::{Clock, FileClock, ManualClock, SharedClock, SystemClock};
 pub use held::Held;
 pub use local::LocalStore;
 pub use redis_store::{redacted_url, RedisOptions, RedisStore, StoreError};

@@ -611,3 +611,123 @@ fn a_bad_smtp_port_in_the_environment_is_named_without_the_password() {
         &["smtp-SECRET-PW-2", "sk-env-SECRET-19"],
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// One domain rule: a site listed by two tenants, in any spelling
+// ---------------------------------------------------------------------------------------------
+
+/// Start-up stopped by an invalid configuration: a non-zero exit code and a message naming
+/// `names`, without `secrets`.
+fn assert_start_up_refused(exited: &Exited, names: &[&str], secrets: &[&str]) {
+    assert!(
+        exited.code.is_some_and(|c| c != 0),
+        "start-up must fail with a non-zero exit code, got {:?}:\n{}",
+        exited.code,
+        exited.output
+    );
+    for text in names {
+        assert!(
+            exited.output.contains(text),
+            "{text:?} not named:\n{}",
+            exited.output
+        );
+    }
+    for secret in secrets {
+        assert!(
+            !exited.output.contains(secret),
+            "{secret:?} shown:\n{}",
+            exited.output
+        );
+    }
+}
+
+/// Tenants `alice` (line 3: `alice_domain`) and `bob` (line 9: `bob_domain`).
+fn alice_and_bob(alice_domain: &str, bob_domain: &str) -> String {
+    format!(
+        r#"[[tenants]]
+name = "alice"
+domains = ["{alice_domain}"]
+api_key = "sk-live-SECRET-20"
+assistant_id = "asst_ALICE"
+
+[[tenants]]
+name = "bob"
+domains = ["{bob_domain}"]
+api_key = "sk-live-SECRET-21"
+assistant_id = "asst_BOB"
+"#
+    )
+}
+
+#[test]
+fn a_site_listed_by_two_tenants_in_the_toml_is_refused_naming_both() {
+    for (alice, bob, site) in [
+        ("example.com", "www.example.com", "example.com"),
+        ("*.Example.com.", "*.example.com", "*.example.com"),
+        (
+            "bücher.example",
+            "WWW.xn--bcher-kva.example",
+            "xn--bcher-kva.example",
+        ),
+        ("::1", "[::1]", "[::1]"),
+    ] {
+        let toml = alice_and_bob(alice, bob);
+        let secrets = ["sk-live-SECRET-20", "sk-live-SECRET-21"];
+        let exited = Proxy::launch().toml(&toml).check();
+        assert_rejected(
+            &exited,
+            &["\"alice\"", "\"bob\"", "tenants[1].domains[0]", site],
+            &secrets,
+        );
+        assert!(mentions_line(&exited.output, 9), "{}", exited.output);
+        assert!(
+            !exited.output.contains("configuration OK"),
+            "{}",
+            exited.output
+        );
+
+        let exited = Proxy::launch().toml(&toml).run_expecting_exit();
+        assert_start_up_refused(&exited, &["\"alice\"", "\"bob\"", site], &secrets);
+    }
+}
+
+#[test]
+fn a_site_listed_twice_in_the_environment_is_refused_naming_both() {
+    let vars = [
+        ("DOMAINS", r#"["example.com","www.example.com"]"#),
+        (
+            "OPENAI_API_KEYS",
+            r#"["sk-env-SECRET-22","sk-env-SECRET-23"]"#,
+        ),
+        ("ASSISTANT_IDS", r#"["asst_1","asst_2"]"#),
+    ];
+    let secrets = ["sk-env-SECRET-22", "sk-env-SECRET-23"];
+    let names = [
+        "DOMAINS[1]",
+        "DOMAINS[0]",
+        "tenant \"example.com\"",
+        "tenant \"www.example.com\"",
+        "the site \"example.com\"",
+    ];
+    assert_rejected(&env_check(&vars), &names, &secrets);
+
+    let mut launch = Proxy::launch();
+    for (name, value) in vars {
+        launch = launch.env(name, value);
+    }
+    assert_start_up_refused(&launch.run_expecting_exit(), &names, &secrets);
+}
+
+#[test]
+fn two_spellings_of_one_site_in_one_tenant_are_accepted() {
+    let stub = Stub::start();
+    let toml = format!(
+        "[upstream]\nbase_url = \"{}\"\n\n[[tenants]]\ndomains = [\"shop.example.com\", \
+         \"WWW.Shop.Example.com.\"]\napi_key = \"{KEY_A}\"\nassistant_id = \"asst_A\"\n",
+        stub.base_url()
+    );
+    let exited = Proxy::launch().toml(&toml).check();
+    assert_eq!(exited.code, Some(0), "{}", exited.output);
+    let proxy = Proxy::start_with_toml(&toml);
+    assert_served_with_key(&stub, &proxy, PREFIX, "https://www.shop.example.com", KEY_A);
+}

@@ -32,7 +32,7 @@ const QUEUED: &str = "The message was saved and queued for delivery; the team wi
 fn tenant() -> Tenant {
     Tenant {
         name: "acme".into(),
-        domains: vec!["www.example.com".into()],
+        domains: vec!["www.example.com".parse().unwrap()],
         api_key: Secret::new("sk-test"),
         api: UpstreamApi::Assistants {
             assistant_id: "asst_test".into(),

@@ -16,6 +16,7 @@ mod lead_delivery;
 mod logging;
 mod metrics;
 mod properties;
+mod redaction;
 mod responses_api;
 mod shutdown;
 mod store_redis;

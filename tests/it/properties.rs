@@ -769,7 +769,7 @@ fn tenant(name: String, domains: Vec<String>) -> Tenant {
             assistant_id: format!("asst_{name}"),
         },
         name,
-        domains,
+        domains: domains.iter().map(|entry| pattern(entry)).collect(),
         lead_recipients: vec![],
         lead_tool: "sendEmail".into(),
         stream_format: StreamFormat::OpenAi,
@@ -835,6 +835,7 @@ proptest! {
         // One tenant per normalized entry, as the configuration check demands.
         let mut seen = std::collections::HashSet::new();
         let mut tenants = Vec::new();
+        let mut all: Vec<String> = Vec::new();
         let mut entries: Vec<(String, DomainPattern)> = Vec::new();
         for (i, list) in lists.into_iter().enumerate() {
             let name = format!("t{i}");
@@ -843,13 +844,13 @@ proptest! {
                 let parsed = pattern(&entry);
                 if seen.insert(parsed.to_string()) {
                     entries.push((name.clone(), parsed));
+                    all.push(entry.clone());
                     domains.push(entry);
                 }
             }
             tenants.push(tenant(name, domains));
         }
         let directory = TenantDirectory::build(&tenants).expect("valid entries");
-        let all: Vec<String> = tenants.iter().flat_map(|t| t.domains.clone()).collect();
         let mut origins: Vec<String> = all.iter().flat_map(|e| origins_near(e, sub)).collect();
         let stranger = &all[pick.index(all.len())];
         origins.extend(origins_near(stranger, "zz"));
@@ -867,6 +868,57 @@ proptest! {
                 expected.map(|(name, _)| name.as_str()),
                 "{} (host {}) among {:?}", origin, host, all
             );
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(cases(256))]
+
+    /// The tenant index refuses exactly the lists where two tenants share a site by the one
+    /// domain rule (entries equal after normalization), naming both tenants.
+    #[test]
+    fn tenant_index_refuses_a_site_shared_by_two_tenants(
+        lists in vec(vec(tenant_entry(), 1..4), 1..4),
+        upper in vec(any::<bool>(), 0..8),
+        www in any::<bool>(),
+    ) {
+        // Respelled entries: other letter case, a trailing dot, `www.` before a name.
+        let respell = |entry: &String| {
+            let bare = entry.strip_prefix("*.");
+            match bare {
+                Some(name) => format!("*.{}.", recase(name, &upper)),
+                None if www && !entry.contains(':') && entry.parse::<Ipv4Addr>().is_err() => {
+                    format!("www.{}", recase(entry, &upper))
+                }
+                None => recase(entry, &upper),
+            }
+        };
+        let tenants: Vec<Tenant> = lists
+            .iter()
+            .enumerate()
+            .map(|(i, list)| {
+                let entries = list.iter().map(|e| if i % 2 == 1 { respell(e) } else { e.clone() });
+                tenant(format!("t{i}"), entries.collect())
+            })
+            .collect();
+        let mut owner = std::collections::HashMap::new();
+        let mut shared = None;
+        for (i, t) in tenants.iter().enumerate() {
+            for p in &t.domains {
+                match owner.insert(p.to_string(), i) {
+                    Some(j) if j != i && shared.is_none() => shared = Some((j, i)),
+                    _ => {}
+                }
+            }
+        }
+        match (TenantDirectory::build(&tenants), shared) {
+            (Ok(_), None) => {}
+            (Err(e), Some((j, i))) => {
+                prop_assert!(e.contains(&format!("`t{j}`")) && e.contains(&format!("`t{i}`")), "{}", e);
+            }
+            (Ok(_), Some(pair)) => prop_assert!(false, "{:?} share a site: {:?}", pair, lists),
+            (Err(e), None) => prop_assert!(false, "refused without a shared site: {}", e),
         }
     }
 }
@@ -1186,6 +1238,9 @@ proptest! {
             '`' => back,
             _ => double,
         };
+        // A closing quote after a backslash is an escaped quote to Node (`\'`): the value
+        // then runs on to a quote in the comment, as dotenv documents; not this property.
+        prop_assume!(!(content.ends_with('\\') && comment.as_ref().is_some_and(|c| c.contains(quote))));
         let newline = if crlf { "\r\n" } else { "\n" };
         let text = format!(
             "{name}={quote}{}{quote}{}{newline}NEXT=1{newline}",
