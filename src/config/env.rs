@@ -216,7 +216,6 @@ pub fn from_env_map(env: &HashMap<String, String>) -> Result<Config, ConfigError
             ..RawLeads::default()
         },
         tenants: Some(Val::var(DOMAINS, tenants.collect())),
-        ..RawConfig::default()
     };
     let source = Source {
         text: None,
