@@ -43,6 +43,20 @@ pub fn client_ip(
     client
 }
 
+/// How the access log names a request's client: the socket peer with its port
+/// (`203.0.113.9:51234`) when the client is the peer, or the forwarded client address and the
+/// proxy it came through (`198.51.100.7 via=10.0.0.2:40312`).
+pub fn for_log(client: Option<IpAddr>, peer: Option<std::net::SocketAddr>) -> String {
+    match (client, peer) {
+        (Some(client), Some(peer)) if client != canonical(peer.ip()) => {
+            format!("{client} via={peer}")
+        }
+        (_, Some(peer)) => peer.to_string(),
+        (Some(client), None) => client.to_string(),
+        (None, None) => "-".to_string(),
+    }
+}
+
 /// IPv4-mapped IPv6 addresses (`::ffff:1.2.3.4`) as the IPv4 address they are.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
@@ -160,6 +174,26 @@ mod tests {
             client_ip(ip("10.0.0.1"), None, None, &trusted),
             ip("10.0.0.1")
         );
+    }
+
+    #[test]
+    fn the_log_names_the_peer_with_its_port_or_the_client_via_the_proxy() {
+        let peer = |s: &str| Some(s.parse::<std::net::SocketAddr>().unwrap());
+        assert_eq!(
+            for_log(Some(ip("203.0.113.9")), peer("203.0.113.9:51234")),
+            "203.0.113.9:51234"
+        );
+        assert_eq!(
+            for_log(Some(ip("198.51.100.7")), peer("127.0.0.1:40312")),
+            "198.51.100.7 via=127.0.0.1:40312"
+        );
+        assert_eq!(
+            for_log(Some(ip("127.0.0.1")), peer("[::ffff:127.0.0.1]:80")),
+            "[::ffff:127.0.0.1]:80",
+            "a mapped peer is the client it maps"
+        );
+        assert_eq!(for_log(None, peer("[::1]:9")), "[::1]:9");
+        assert_eq!(for_log(None, None), "-");
     }
 
     #[test]

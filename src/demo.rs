@@ -121,6 +121,7 @@ fn demo_config(listen: &str, stub_listen: &str) -> Config {
             trusted_proxies: Vec::new(),
             max_body_bytes: 32 * 1024,
             max_message_chars: 4000,
+            ..Limits::default()
         },
         tenants: vec![Tenant {
             name: "demo".into(),
@@ -135,6 +136,7 @@ fn demo_config(listen: &str, stub_listen: &str) -> Config {
             lead_tool: "sendEmail".into(),
             stream_format: StreamFormat::OpenAi,
             redact_run_objects: false,
+            rate_limit: None,
         }],
         smtp: None,
         metrics_listen: None,

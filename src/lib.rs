@@ -22,7 +22,8 @@
 //!   stalled readers); `redact`: the system prompt kept out of raw streams.
 //! - [`handle`], [`client_addr`], [`rate`]: signed conversation handles, the client address
 //!   behind trusted proxies, and rate values (the pure cores of abuse control); [`store`]:
-//!   counters, locks and slots shared by a fleet through Redis, or kept in-process.
+//!   counters, locks and slots shared by a fleet through Redis, or kept in-process;
+//!   `limits`: requests per visitor and per tenant, and streams per visitor, counted on it.
 //! - `proxy` and [`server`]: the Pingora service and the process around it, which
 //!   [`shutdown`] stops without cutting what is in flight; [`logging`]
 //!   keeps secrets out of every log line; [`metrics`] counts what they do and serves
@@ -40,6 +41,7 @@ mod downstream;
 mod errors;
 pub mod handle;
 pub mod leads;
+mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod origin;

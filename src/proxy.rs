@@ -98,10 +98,11 @@ impl ProxyHttp for ChatbotProxy {
         let duration = ctx.started.elapsed();
         let outcome = ctx.outcome.map_or("-", StreamOutcome::as_str);
         if log::log_enabled!(log::Level::Info) {
-            let client = session
-                .client_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_else(|| "-".into());
+            let peer = session.client_addr().and_then(|a| a.as_inet()).copied();
+            let client = match (peer, session.client_addr()) {
+                (None, Some(other)) => other.to_string(),
+                _ => crate::client_addr::for_log(ctx.client_ip, peer),
+            };
             log::info!(
                 "access client={} method={} route={} tenant={} status={} duration_ms={} bytes={} outcome={}",
                 client,
@@ -187,6 +188,13 @@ impl ChatbotProxy {
             return respond::error(session, &err, ctx.cors()).await;
         }
 
+        // Request limits: refused before the body is read or anything goes upstream. A
+        // process-message holds a stream slot until its answer has ended.
+        let _stream_slot =
+            match crate::limits::admit(&self.state, route, &tenant, ctx.client_ip).await {
+                Ok(slot) => slot,
+                Err(err) => return respond::error(session, &err, ctx.cors()).await,
+            };
         let result = match route {
             Route::CreateThread => self.create_thread(session, ctx, &tenant).await,
             Route::ProcessMessage => self.process_message(session, ctx, &tenant).await,

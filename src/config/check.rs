@@ -113,6 +113,13 @@ pub(crate) const LEADS_PER_HOUR: Bounds = bounds(
 );
 pub(crate) const TOOL_ROUNDS: Bounds = bounds(1, 20, d::MAX_TOOL_ROUNDS as u64, "rounds");
 pub(crate) const SEND_TIMEOUT_MS: Bounds = bounds(1, 60_000, d::LEAD_SEND_TIMEOUT_MS, MS);
+// request limits
+pub(crate) const STREAMS_PER_IP: Bounds = bounds(
+    0,
+    100_000,
+    d::MAX_STREAMS_PER_IP as u64,
+    "streams (0: no limit)",
+);
 
 /// An integer inside `bounds`.
 pub(crate) fn in_bounds(value: i64, bounds: &Bounds, at: &At) -> Result<u64, ConfigError> {
@@ -339,6 +346,12 @@ pub(crate) fn trusted_proxy(raw: &str, at: &At) -> Result<ipnet::IpNet, ConfigEr
                 shown(raw)
             ))
         })
+}
+
+/// A request limit (`rate_limit_ip`, `rate_limit`): `N/sec`, `N/min`, `N/hour` or `N/day`, or
+/// `off` (`None`).
+pub(crate) fn rate(raw: &str, at: &At) -> Result<Option<crate::rate::Rate>, ConfigError> {
+    crate::rate::parse_optional(raw).map_err(|why| at.err(format!("{why}, or \"off\"")))
 }
 
 /// One entry of `upstream.resolve` / `OPENAI_RESOLVE`: an IP address (an IPv6 one with or

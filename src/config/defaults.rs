@@ -41,6 +41,16 @@ pub(crate) const MAX_LEADS_PER_TENANT_PER_HOUR: u32 = 100;
 pub(crate) const MAX_TOOL_ROUNDS: u32 = 5;
 pub(crate) const LEAD_SEND_TIMEOUT_MS: u64 = 5_000;
 pub(crate) const LEAD_TOOL: &str = "sendEmail";
+// request limits
+/// Requests per client address: a visitor typing sends a message every few seconds at most
+/// (plus one create-thread per conversation), so 60 a minute never stops a person, while a
+/// script is held to one OpenAI call a second.
+pub(crate) const RATE_LIMIT_IP: crate::rate::Rate = crate::rate::Rate {
+    count: 60,
+    window: Duration::from_secs(60),
+};
+/// Answers streaming to one address at once: a few tabs, or a household behind one NAT.
+pub(crate) const MAX_STREAMS_PER_IP: u32 = 4;
 
 /// Transport security when none is configured: implicit TLS on port 465, opportunistic
 /// STARTTLS on any other port.
@@ -73,6 +83,9 @@ impl Default for Limits {
             max_message_chars: MAX_MESSAGE_CHARS,
             redis_url: None,
             trusted_proxies: Vec::new(),
+            // request limits
+            rate_limit_ip: Some(RATE_LIMIT_IP),
+            max_streams_per_ip: MAX_STREAMS_PER_IP,
         }
     }
 }

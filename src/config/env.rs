@@ -180,6 +180,8 @@ pub fn from_env_map(env: &HashMap<String, String>) -> Result<Config, ConfigError
             lead_tool: text(env, "LEAD_TOOL"),
             stream_format: stream_format.clone(),
             redact_run_objects: redact_run_objects.clone(),
+            // request limits: one value for every tenant
+            rate_limit: text(env, "RATE_LIMIT_TENANT"),
             ..RawTenant::default()
         };
         Val::var(format!("{DOMAINS}[{i}]"), tenant)
@@ -208,6 +210,9 @@ pub fn from_env_map(env: &HashMap<String, String>) -> Result<Config, ConfigError
         limits: RawLimits {
             redis_url: var(env, "REDIS_URL").map(|url| Val::var("REDIS_URL", Secret::new(url))),
             trusted_proxies: string_list(env, "TRUSTED_PROXIES")?,
+            // request limits
+            rate_limit_ip: text(env, "RATE_LIMIT_IP"),
+            max_streams_per_ip: int(env, "MAX_STREAMS_PER_IP")?,
             ..RawLimits::default()
         },
         smtp: smtp(env)?,

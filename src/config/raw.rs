@@ -168,6 +168,9 @@ pub(crate) struct RawLimits {
     pub(crate) max_message_chars: Opt<i64>,
     pub(crate) redis_url: Opt<Secret>,
     pub(crate) trusted_proxies: Opt<List<String>>,
+    // request limits
+    pub(crate) rate_limit_ip: Opt<String>,
+    pub(crate) max_streams_per_ip: Opt<i64>,
 }
 
 /// `[smtp]`.
@@ -214,6 +217,8 @@ pub(crate) struct RawTenant {
     pub(crate) lead_tool: Opt<String>,
     pub(crate) stream_format: Opt<StreamFormat>,
     pub(crate) redact_run_objects: Opt<bool>,
+    // request limits
+    pub(crate) rate_limit: Opt<String>,
 }
 
 /// Which upstream API a tenant uses, as written in `api`.

@@ -121,6 +121,13 @@ pub struct Limits {
     /// Proxies (load balancers, CDNs) whose forwarding headers name the client
     /// (`TRUSTED_PROXIES`); from anyone else those headers are ignored.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    // request limits
+    /// Requests to create-thread and process-message together that one client address may
+    /// make (`rate_limit_ip`, `RATE_LIMIT_IP`; default 60/min); `None`: no limit.
+    pub rate_limit_ip: Option<crate::rate::Rate>,
+    /// Answers streaming to one client address at once (`max_streams_per_ip`,
+    /// `MAX_STREAMS_PER_IP`; default 4); 0: no limit.
+    pub max_streams_per_ip: u32,
 }
 
 /// One website (or group of websites) served with one OpenAI key and assistant.
@@ -144,6 +151,10 @@ pub struct Tenant {
     /// Blank `instructions` and `tools` in the run objects of the `openai` stream format, so
     /// the system prompt never reaches browsers (default off: the bytes pass unchanged).
     pub redact_run_objects: bool,
+    // request limits
+    /// Requests to create-thread and process-message that this tenant's sites may make, all
+    /// visitors together (`rate_limit`, `RATE_LIMIT_TENANT`); `None` (the default): no limit.
+    pub rate_limit: Option<crate::rate::Rate>,
 }
 
 /// The upstream API a tenant talks to.

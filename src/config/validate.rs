@@ -169,6 +169,13 @@ fn limits(src: &Source, raw: &RawLimits) -> Result<Limits, ConfigError> {
         let key = "limits.trusted_proxies";
         limits.trusted_proxies = src.each(&list.value, key, check::trusted_proxy)?;
     }
+    // request limits
+    if let Some(rate) = src.text(&raw.rate_limit_ip, "limits.rate_limit_ip", check::rate)? {
+        limits.rate_limit_ip = rate;
+    }
+    let key = "limits.max_streams_per_ip";
+    limits.max_streams_per_ip =
+        src.int(&raw.max_streams_per_ip, key, &check::STREAMS_PER_IP)? as u32;
     Ok(limits)
 }
 
@@ -469,6 +476,10 @@ fn tenant(
             .map(|f| f.value)
             .unwrap_or_default(),
         redact_run_objects: raw.redact_run_objects.as_ref().is_some_and(|r| r.value),
+        // request limits
+        rate_limit: src
+            .text(&raw.rate_limit, &key("rate_limit"), check::rate)?
+            .flatten(),
     })
 }
 

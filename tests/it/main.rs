@@ -13,6 +13,7 @@ mod client_timeouts;
 mod config_modes;
 mod lead_capture;
 mod lead_delivery;
+mod limits;
 mod logging;
 mod metrics;
 mod properties;
