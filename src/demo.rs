@@ -133,6 +133,7 @@ fn demo_config(listen: &str, stub_listen: &str) -> Config {
             lead_tool: "sendEmail".into(),
             stream_format: StreamFormat::OpenAi,
             redact_run_objects: false,
+            daily_token_budget: None,
         }],
         smtp: None,
         metrics_listen: None,

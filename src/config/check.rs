@@ -113,6 +113,9 @@ pub(crate) const LEADS_PER_HOUR: Bounds = bounds(
 );
 pub(crate) const TOOL_ROUNDS: Bounds = bounds(1, 20, d::MAX_TOOL_ROUNDS as u64, "rounds");
 pub(crate) const SEND_TIMEOUT_MS: Bounds = bounds(1, 60_000, d::LEAD_SEND_TIMEOUT_MS, MS);
+// token budgets
+/// A tenant's tokens per UTC day; 0 (the default) is no budget.
+pub(crate) const DAILY_TOKENS: Bounds = bounds(0, 1_000_000_000_000, 0, "tokens (0: no budget)");
 
 /// An integer inside `bounds`.
 pub(crate) fn in_bounds(value: i64, bounds: &Bounds, at: &At) -> Result<u64, ConfigError> {

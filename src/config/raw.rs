@@ -211,6 +211,8 @@ pub(crate) struct RawTenant {
     pub(crate) lead_tool: Opt<String>,
     pub(crate) stream_format: Opt<StreamFormat>,
     pub(crate) redact_run_objects: Opt<bool>,
+    // token budgets
+    pub(crate) daily_token_budget: Opt<i64>,
 }
 
 /// Which upstream API a tenant uses, as written in `api`.

@@ -138,6 +138,10 @@ pub struct Tenant {
     /// Blank `instructions` and `tools` in the run objects of the `openai` stream format, so
     /// the system prompt never reaches browsers (default off: the bytes pass unchanged).
     pub redact_run_objects: bool,
+    // token budgets
+    /// Most tokens the tenant may use per UTC day (`daily_token_budget`,
+    /// `DAILY_TOKEN_BUDGETS`); `None`: no budget.
+    pub daily_token_budget: Option<u64>,
 }
 
 /// The upstream API a tenant talks to.

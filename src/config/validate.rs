@@ -451,6 +451,14 @@ fn tenant(
             .map(|f| f.value)
             .unwrap_or_default(),
         redact_run_objects: raw.redact_run_objects.as_ref().is_some_and(|r| r.value),
+        // token budgets
+        daily_token_budget: src
+            .opt(
+                &raw.daily_token_budget,
+                &key("daily_token_budget"),
+                |v, at| check::in_bounds(*v, &check::DAILY_TOKENS, at),
+            )?
+            .filter(|&tokens| tokens > 0),
     })
 }
 

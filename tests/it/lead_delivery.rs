@@ -44,6 +44,7 @@ fn tenant() -> Tenant {
         lead_tool: "sendEmail".into(),
         stream_format: StreamFormat::OpenAi,
         redact_run_objects: false,
+        daily_token_budget: None,
     }
 }
 
