@@ -137,6 +137,7 @@ fn demo_config(listen: &str, stub_listen: &str) -> Config {
             stream_format: StreamFormat::OpenAi,
             redact_run_objects: false,
             rate_limit: None,
+            daily_token_budget: None,
         }],
         smtp: None,
         metrics_listen: None,

@@ -122,6 +122,17 @@ impl ApiError {
         e
     }
 
+    /// The tenant used its daily token budget; `retry_after_secs`: until midnight UTC.
+    pub fn budget_exhausted(retry_after_secs: u64) -> Self {
+        let mut e = Self::new(
+            429,
+            "budget_exhausted",
+            "This site's assistant has used its allowance for today; try again tomorrow.",
+        );
+        e.retry_after = Some(retry_after_secs.to_string());
+        e
+    }
+
     pub fn upstream_auth_failed() -> Self {
         Self::new(
             502,

@@ -17,6 +17,8 @@
 //!   stream ended (`StreamOutcome`).
 //! - [`leads`]: the lead tool: validation, durable journal, e-mail delivery, caps.
 //! - `runs`: one answer at a time per conversation.
+//! - `budget`: daily token budgets per tenant; `cancel`: stopping upstream work nobody will
+//!   read (a visitor who left, an answer cut short).
 //! - `app`: the state every request shares, built once at start-up.
 //! - `downstream`: deadlines on the browser side of every connection (keep-alive, header,
 //!   stalled readers); `redact`: the system prompt kept out of raw streams.
@@ -33,6 +35,8 @@
 //! (`stub/`, `openai_stub`), linked into the binary only with the default `stub` feature.
 
 mod app;
+mod budget;
+mod cancel;
 pub mod client_addr;
 pub mod config;
 pub mod dialect;

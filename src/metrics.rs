@@ -63,6 +63,22 @@ struct LeadLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    tenant: String,
+    r#type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantLabels {
+    tenant: String,
+}
+
+/// Time-to-first-token buckets, in seconds: 50 ms to 60 s.
+const FIRST_TOKEN_BUCKETS: [f64; 13] = [
+    0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -177,6 +193,8 @@ pub struct Metrics {
     leads_pending: Gauge,
     lead_delivery_refused: Family<ReasonLabels, Counter>,
     store_errors: Counter,
+    tokens: Family<TokenLabels, Counter>,
+    time_to_first_token: Family<TenantLabels, Histogram, fn() -> Histogram>,
 }
 
 impl Default for Metrics {
@@ -256,8 +274,24 @@ impl Metrics {
             "Failed calls to Redis, served by the in-process store instead (outage probes included)",
             store_errors.clone(),
         );
+        let tokens = Family::<TokenLabels, Counter>::default();
+        registry.register(
+            "tokens",
+            "Tokens the upstream reported using for answers, by tenant and type (input, output)",
+            tokens.clone(),
+        );
+        let time_to_first_token: Family<TenantLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(|| Histogram::new(FIRST_TOKEN_BUCKETS));
+        registry.register_with_unit(
+            "time_to_first_token",
+            "Time from a process-message request's arrival to the first text of its answer written to the browser",
+            Unit::Seconds,
+            time_to_first_token.clone(),
+        );
         Metrics {
             registry,
+            tokens,
+            time_to_first_token,
             requests,
             request_duration,
             streams_active,
@@ -303,6 +337,28 @@ impl Metrics {
                 outcome: outcome.as_str(),
             })
             .inc();
+    }
+
+    /// Tokens the upstream reported for one of `tenant`'s answers.
+    pub fn tokens(&self, tenant: &str, input: u64, output: u64) {
+        for (kind, count) in [("input", input), ("output", output)] {
+            self.tokens
+                .get_or_create(&TokenLabels {
+                    tenant: tenant.to_string(),
+                    r#type: kind,
+                })
+                .inc_by(count);
+        }
+    }
+
+    /// The first text of one of `tenant`'s answers reached the browser `elapsed` after the
+    /// request arrived.
+    pub fn time_to_first_token(&self, tenant: &str, elapsed: Duration) {
+        self.time_to_first_token
+            .get_or_create(&TenantLabels {
+                tenant: tenant.to_string(),
+            })
+            .observe(elapsed.as_secs_f64());
     }
 
     /// A failed upstream exchange.
@@ -485,6 +541,27 @@ mod tests {
             5,
             "a 3xx is not an error kind:\n{text}"
         );
+    }
+
+    #[test]
+    fn tokens_and_time_to_first_token_are_encoded_per_tenant() {
+        let metrics = Metrics::new();
+        metrics.tokens("acme", 22, 8);
+        metrics.tokens("acme", 20, 3);
+        metrics.time_to_first_token("acme", Duration::from_millis(300));
+        let text = metrics.encode(0);
+        let lines = lines(&text);
+        for series in [
+            "# TYPE chatbot_proxy_tokens counter",
+            r#"chatbot_proxy_tokens_total{tenant="acme",type="input"} 42"#,
+            r#"chatbot_proxy_tokens_total{tenant="acme",type="output"} 11"#,
+            "# TYPE chatbot_proxy_time_to_first_token_seconds histogram",
+            r#"chatbot_proxy_time_to_first_token_seconds_count{tenant="acme"} 1"#,
+            r#"chatbot_proxy_time_to_first_token_seconds_bucket{le="0.25",tenant="acme"} 0"#,
+            r#"chatbot_proxy_time_to_first_token_seconds_bucket{le="0.5",tenant="acme"} 1"#,
+        ] {
+            assert!(lines.contains(&series), "{series} missing:\n{text}");
+        }
     }
 
     #[test]

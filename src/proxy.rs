@@ -213,6 +213,7 @@ impl ChatbotProxy {
         ctx: &RequestCtx,
         tenant: &Tenant,
     ) -> Result<Written, ApiError> {
+        crate::budget::check(&self.state, tenant).await?;
         let dialect = Dialect::of(tenant);
         let call = self.state.upstream_call(tenant);
         let created = call
@@ -240,6 +241,7 @@ impl ChatbotProxy {
         ctx: &mut RequestCtx,
         tenant: &Tenant,
     ) -> Result<Written, ApiError> {
+        crate::budget::check(&self.state, tenant).await?;
         let dialect = Dialect::of(tenant);
         let limits = &self.state.config.limits;
         let deadline = self.state.config.server.timeouts.request_body;
@@ -266,6 +268,15 @@ impl ChatbotProxy {
         };
         let site = ctx.cors_origin.clone().unwrap_or_default();
         let Some(mut relay) = Relay::start(session, ctx.cors(), framing).await else {
+            let abandoned = crate::cancel::Abandoned {
+                upstream_client: &self.state.upstream,
+                metrics: &self.state.metrics,
+                tenant,
+                dialect,
+                conversation: &turn.thread_id,
+                why: StreamOutcome::ClientGone.as_str(),
+            };
+            abandoned.abandon(None, Some(upstream));
             ctx.outcome = Some(StreamOutcome::ClientGone);
             return Ok(Written {
                 status: 200,
@@ -284,6 +295,12 @@ impl ChatbotProxy {
             site: &site,
         };
         ctx.outcome = Some(turn.stream(&mut relay, upstream).await);
+        if let Some(at) = relay.first_text {
+            let elapsed = at.saturating_duration_since(ctx.started);
+            self.state
+                .metrics
+                .time_to_first_token(&tenant.name, elapsed);
+        }
         Ok(Written {
             status: 200,
             bytes: relay.bytes_sent,

@@ -16,6 +16,7 @@ use crate::widget;
 use bytes::Bytes;
 use pingora_proxy::Session;
 use serde_json::json;
+use std::time::Instant;
 
 /// How events are framed for the browser.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +68,8 @@ pub struct Relay<'s> {
     /// Blanks the system prompt in run objects of the raw framing (`redact_run_objects`).
     redactor: Option<RunObjectRedactor>,
     client_gone: bool,
+    /// When the first text of the answer was written to the client (time to first token).
+    pub first_text: Option<Instant>,
 }
 
 impl<'s> Relay<'s> {
@@ -96,6 +99,7 @@ impl<'s> Relay<'s> {
             watch_client: true,
             client_gone: false,
             redactor: None,
+            first_text: None,
         })
     }
 
@@ -171,8 +175,10 @@ impl<'s> Relay<'s> {
             let mut raw_upto = if holding { 0 } else { chunk.len() };
             let mut writes = Vec::new();
             let mut ended = None;
+            let mut text = false;
             for (event, end) in &events {
                 let signal = reader.observe(event);
+                text |= !holding && reader.is_text_delta(event);
                 if let (Framing::WidgetV1(dialect), false) = (self.framing, holding) {
                     writes.extend(widget::translate(dialect, event, &signal, continuation));
                 }
@@ -219,6 +225,9 @@ impl<'s> Relay<'s> {
             };
             if !delivered {
                 return LegEnd::ClientGone { last };
+            }
+            if text && self.first_text.is_none() {
+                self.first_text = Some(Instant::now());
             }
             if let Some(end) = ended {
                 return end;

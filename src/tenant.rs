@@ -93,6 +93,7 @@ mod tests {
             stream_format: StreamFormat::OpenAi,
             redact_run_objects: false,
             rate_limit: None,
+            daily_token_budget: None,
         }
     }
 

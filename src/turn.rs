@@ -5,8 +5,13 @@
 //! other tool is declined), hands the outputs back upstream, and relays the continuation,
 //! for at most `max_tool_rounds` rounds. When the last leg ends, the turn closes the client
 //! stream the way the framing wants: unchanged, or with the widget's `end` or `system.error`.
+//! The tokens each leg reports are counted ([`crate::budget`]); a turn that ends before its
+//! run (the visitor left, too many tool rounds, tool outputs refused) stops the upstream work
+//! ([`crate::cancel`]).
 
 use crate::app::AppState;
+use crate::budget::{self, Meter};
+use crate::cancel::Abandoned;
 use crate::config::Tenant;
 use crate::dialect::{Dialect, Signal, ToolCall, ToolOutput, ToolRound};
 use crate::leads::LeadSource;
@@ -77,11 +82,17 @@ impl Turn<'_> {
         mut upstream: UpstreamResponse,
     ) -> StreamOutcome {
         let mut rounds = 0;
+        let mut meter = Meter::new(self.dialect);
+        let mut run_id = None;
         loop {
             let mut reader = self.dialect.reader();
             let end = relay.pump(&mut upstream, &mut reader, rounds > 0).await;
+            budget::spend(self.state, self.tenant, meter.fresh(reader.usage())).await;
+            if let Some(id) = reader.run_id() {
+                run_id = Some(id.to_string());
+            }
             if end.last() != Some(&Signal::RequiresAction) {
-                return self.close(relay, end, upstream).await;
+                return self.close(relay, end, upstream, run_id).await;
             }
             upstream.release_in_background();
             let round = reader.take_tool_calls().unwrap_or(ToolRound {
@@ -99,7 +110,9 @@ impl Turn<'_> {
                         "The assistant asked for too many tool calls.",
                     )
                     .await;
-                return StreamOutcome::ToolRoundsExceeded;
+                let outcome = StreamOutcome::ToolRoundsExceeded;
+                self.abandon(outcome, round.run_id, None);
+                return outcome;
             }
             rounds += 1;
             // Leads are captured even when the browser has gone: the visitor already gave them.
@@ -110,8 +123,9 @@ impl Turn<'_> {
             match self.upstream().send("submitting tool outputs", &next).await {
                 Ok(response) => {
                     if relay.client_gone() {
-                        response.release_in_background();
-                        return StreamOutcome::ClientGone;
+                        let outcome = StreamOutcome::ClientGone;
+                        self.abandon(outcome, round.run_id, Some(response));
+                        return outcome;
                     }
                     upstream = response;
                 }
@@ -119,7 +133,10 @@ impl Turn<'_> {
                     relay
                         .fail("tool_outputs_failed", "Error submitting tool outputs")
                         .await;
-                    return StreamOutcome::ToolOutputsFailed;
+                    // The run still waits for outputs: free the conversation.
+                    let outcome = StreamOutcome::ToolOutputsFailed;
+                    self.abandon(outcome, round.run_id, None);
+                    return outcome;
                 }
             }
         }
@@ -156,16 +173,46 @@ impl Turn<'_> {
         outputs
     }
 
-    /// End the client stream after the last leg.
+    /// Stop the upstream work of this answer, which ends before its run (see [`crate::cancel`]).
+    fn abandon(
+        &self,
+        why: StreamOutcome,
+        run_id: Option<String>,
+        upstream: Option<UpstreamResponse>,
+    ) {
+        let abandoned = Abandoned {
+            upstream_client: &self.state.upstream,
+            metrics: &self.state.metrics,
+            tenant: self.tenant,
+            dialect: self.dialect,
+            conversation: self.conversation,
+            why: why.as_str(),
+        };
+        abandoned.abandon(run_id, upstream);
+    }
+
+    /// End the client stream after the last leg; `run_id`: the run, once a stream named it.
     async fn close(
         &self,
         relay: &mut Relay<'_>,
         end: LegEnd,
         upstream: UpstreamResponse,
+        run_id: Option<String>,
     ) -> StreamOutcome {
         let widget = matches!(relay.framing(), Framing::WidgetV1(_));
         match end {
-            LegEnd::ClientGone { .. } => StreamOutcome::ClientGone,
+            LegEnd::ClientGone {
+                last: Some(Signal::Completed | Signal::Ended(_)),
+            } => {
+                // The run is over: nothing left to stop.
+                upstream.release_in_background();
+                StreamOutcome::ClientGone
+            }
+            LegEnd::ClientGone { .. } => {
+                let outcome = StreamOutcome::ClientGone;
+                self.abandon(outcome, run_id, Some(upstream));
+                outcome
+            }
             LegEnd::Done { last }
             | LegEnd::EndedEarly {
                 last: last @ Some(_),

@@ -120,6 +120,9 @@ pub(crate) const STREAMS_PER_IP: Bounds = bounds(
     d::MAX_STREAMS_PER_IP as u64,
     "streams (0: no limit)",
 );
+// token budgets
+/// A tenant's tokens per UTC day; 0 (the default) is no budget.
+pub(crate) const DAILY_TOKENS: Bounds = bounds(0, 1_000_000_000_000, 0, "tokens (0: no budget)");
 
 /// An integer inside `bounds`.
 pub(crate) fn in_bounds(value: i64, bounds: &Bounds, at: &At) -> Result<u64, ConfigError> {

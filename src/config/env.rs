@@ -5,7 +5,8 @@
 //! `ASSISTANT_IDS` to use the Responses API; each of those two holds one entry for every
 //! domain, or one per domain. `EMAIL_TO`, `SMTP_*`, `OPENAI_BASE_URL`, `PORT`,
 //! `METRICS_LISTEN`, `STREAM_FORMAT`, `LEAD_TOOL`, `LEADS_DIR`, `GRACE_PERIOD_SECONDS` and
-//! `DRAIN_TIMEOUT_SECONDS` are optional. Everything else keeps its default.
+//! `DRAIN_TIMEOUT_SECONDS` are optional, and so is `DAILY_TOKEN_BUDGETS` (a JSON array of
+//! numbers, one for every domain or one per domain). Everything else keeps its default.
 //!
 //! This module checks what only the environment has (JSON arrays, their lengths, which
 //! variables go together) and builds the same typed structures as the TOML file, each value
@@ -34,6 +35,8 @@ const ASSISTANT_IDS: &str = "ASSISTANT_IDS";
 const MODELS: &str = "MODELS";
 const INSTRUCTIONS: &str = "INSTRUCTIONS";
 const EMAIL_TO: &str = "EMAIL_TO";
+// token budgets
+const DAILY_TOKEN_BUDGETS: &str = "DAILY_TOKEN_BUDGETS";
 
 /// What each array looks like, for messages.
 fn example(name: &str) -> &'static str {
@@ -150,6 +153,9 @@ pub fn from_env_map(env: &HashMap<String, String>) -> Result<Config, ConfigError
     one_or_all(INSTRUCTIONS, instructions.len(), n)?;
     let recipients = json_strings(env, EMAIL_TO)?;
     one_or_all(EMAIL_TO, recipients.len(), n)?;
+    // token budgets
+    let budgets = json_token_counts(env, DAILY_TOKEN_BUDGETS)?;
+    one_or_all(DAILY_TOKEN_BUDGETS, budgets.len(), n)?;
     let stream_format = parsed(env, "STREAM_FORMAT")?;
     let redact_run_objects = boolean(env, "REDACT_RUN_OBJECTS")?;
 
@@ -182,6 +188,8 @@ pub fn from_env_map(env: &HashMap<String, String>) -> Result<Config, ConfigError
             redact_run_objects: redact_run_objects.clone(),
             // request limits: one value for every tenant
             rate_limit: text(env, "RATE_LIMIT_TENANT"),
+            // token budgets
+            daily_token_budget: token_count_for_tenant(&budgets, DAILY_TOKEN_BUDGETS, i),
             ..RawTenant::default()
         };
         Val::var(format!("{DOMAINS}[{i}]"), tenant)
@@ -450,6 +458,56 @@ fn json_strings(env: &HashMap<String, String>, name: &str) -> Result<Vec<String>
         }
     }
     Ok(out)
+}
+
+// token budgets
+/// A JSON array of whole numbers of tokens (`DAILY_TOKEN_BUDGETS='[200000, 0]'`); `[]` for an
+/// unset variable. Ranges are checked with the TOML key's.
+fn json_token_counts(env: &HashMap<String, String>, name: &str) -> Result<Vec<i64>, ConfigError> {
+    let Some(raw) = var(env, name) else {
+        return Ok(Vec::new());
+    };
+    let shape = format!(
+        "it must be a JSON array of whole numbers of tokens per day, one for every domain or \
+         one per domain (0: no budget), e.g. {name}='[200000]'"
+    );
+    let value: Value = serde_json::from_str(raw).map_err(|e| {
+        ConfigError::new(
+            name,
+            format!(
+                "is not valid JSON ({e}; got {}): {shape}",
+                check::shown(raw)
+            ),
+        )
+    })?;
+    let Value::Array(items) = value else {
+        return Err(ConfigError::new(
+            name,
+            format!(
+                "is JSON {}, not an array: {shape}",
+                check::json_kind(&value)
+            ),
+        ));
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            item.as_i64().ok_or_else(|| {
+                At::key(format!("{name}[{i}]")).err(format!(
+                    "is {}, not a whole number: {shape}",
+                    check::json_kind(item)
+                ))
+            })
+        })
+        .collect()
+}
+
+/// The entry of a one-or-all list of numbers for tenant `i`, named after its place in `name`.
+fn token_count_for_tenant(list: &[i64], name: &str, i: usize) -> Opt<i64> {
+    let index = if list.len() == 1 { 0 } else { i };
+    let item = list.get(index)?;
+    Some(Val::var(format!("{name}[{index}]"), *item))
 }
 
 /// `dir/.env` overlaid by `process_env`: the process wins. Within the file, a later line wins.
@@ -1275,6 +1333,56 @@ mod tests {
         let err = err_of(&two_sites(&[("REDACT_RUN_OBJECTS", "maybe")]));
         assert!(
             err.starts_with("REDACT_RUN_OBJECTS: is not true or false"),
+            "{err}"
+        );
+    }
+
+    // token budgets
+    #[test]
+    fn daily_token_budgets_serve_every_domain_or_one_each() {
+        let budgets = |extra: &[(&str, &str)]| -> Vec<Option<u64>> {
+            let config = from_env_map(&two_sites(extra)).unwrap();
+            config
+                .tenants
+                .iter()
+                .map(|t| t.daily_token_budget)
+                .collect()
+        };
+        assert_eq!(budgets(&[]), [None, None]);
+        assert_eq!(
+            budgets(&[("DAILY_TOKEN_BUDGETS", "[50000]")]),
+            [Some(50_000), Some(50_000)]
+        );
+        assert_eq!(
+            budgets(&[("DAILY_TOKEN_BUDGETS", "[0, 1000]")]),
+            [None, Some(1_000)],
+            "0 is no budget"
+        );
+        let err = err_of(&two_sites(&[("DAILY_TOKEN_BUDGETS", "[1, 2, 3]")]));
+        assert!(
+            err.starts_with(
+                "DAILY_TOKEN_BUDGETS: DOMAINS has 2 entries but DAILY_TOKEN_BUDGETS has 3"
+            ),
+            "{err}"
+        );
+        let err = err_of(&two_sites(&[("DAILY_TOKEN_BUDGETS", r#"[1, "2"]"#)]));
+        assert!(
+            err.starts_with("DAILY_TOKEN_BUDGETS[1]: is a string, not a whole number"),
+            "{err}"
+        );
+        let err = err_of(&two_sites(&[("DAILY_TOKEN_BUDGETS", "[1.5]")]));
+        assert!(
+            err.starts_with("DAILY_TOKEN_BUDGETS[0]: is a number, not a whole"),
+            "{err}"
+        );
+        let err = err_of(&two_sites(&[("DAILY_TOKEN_BUDGETS", "[-5]")]));
+        assert!(
+            err.starts_with("DAILY_TOKEN_BUDGETS[0]: -5 is out of range"),
+            "{err}"
+        );
+        let err = err_of(&two_sites(&[("DAILY_TOKEN_BUDGETS", "100")]));
+        assert!(
+            err.starts_with("DAILY_TOKEN_BUDGETS: is JSON a number, not an array"),
             "{err}"
         );
     }

@@ -1678,4 +1678,21 @@ tools = [
         let err = load_err(&format!("{MINIMAL}\nredact_run_objects = \"yes\"\n"));
         assert!(err.contains("redact_run_objects"), "{err}");
     }
+
+    // token budgets
+    #[test]
+    fn daily_token_budget_is_per_tenant_and_zero_means_none() {
+        let config = load(MINIMAL).unwrap();
+        assert_eq!(
+            config.tenants[0].daily_token_budget, None,
+            "no budget by default"
+        );
+        let config = load(&format!("{MINIMAL}\ndaily_token_budget = 250000\n")).unwrap();
+        assert_eq!(config.tenants[0].daily_token_budget, Some(250_000));
+        let config = load(&format!("{MINIMAL}\ndaily_token_budget = 0\n")).unwrap();
+        assert_eq!(config.tenants[0].daily_token_budget, None);
+        let err = load_err(&format!("{MINIMAL}\ndaily_token_budget = -1\n"));
+        assert!(err.contains("tenants[0].daily_token_budget:"), "{err}");
+        assert!(err.contains("-1 is out of range"), "{err}");
+    }
 }

@@ -219,6 +219,8 @@ pub(crate) struct RawTenant {
     pub(crate) redact_run_objects: Opt<bool>,
     // request limits
     pub(crate) rate_limit: Opt<String>,
+    // token budgets
+    pub(crate) daily_token_budget: Opt<i64>,
 }
 
 /// Which upstream API a tenant uses, as written in `api`.

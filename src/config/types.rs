@@ -155,6 +155,10 @@ pub struct Tenant {
     /// Requests to create-thread and process-message that this tenant's sites may make, all
     /// visitors together (`rate_limit`, `RATE_LIMIT_TENANT`); `None` (the default): no limit.
     pub rate_limit: Option<crate::rate::Rate>,
+    // token budgets
+    /// Most tokens the tenant may use per UTC day (`daily_token_budget`,
+    /// `DAILY_TOKEN_BUDGETS`); `None`: no budget.
+    pub daily_token_budget: Option<u64>,
 }
 
 /// The upstream API a tenant talks to.

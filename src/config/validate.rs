@@ -480,6 +480,14 @@ fn tenant(
         rate_limit: src
             .text(&raw.rate_limit, &key("rate_limit"), check::rate)?
             .flatten(),
+        // token budgets
+        daily_token_budget: src
+            .opt(
+                &raw.daily_token_budget,
+                &key("daily_token_budget"),
+                |v, at| check::in_bounds(*v, &check::DAILY_TOKENS, at),
+            )?
+            .filter(|&tokens| tokens > 0),
     })
 }
 

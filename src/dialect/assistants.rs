@@ -4,7 +4,7 @@
 //! Every call carries `OpenAI-Beta: assistants=v2`. A widget turn is two calls: add the
 //! user's message to the thread, then start a streamed run of the tenant's assistant.
 
-use super::{Signal, ToolCall, ToolOutput, ToolRound};
+use super::{Signal, ToolCall, ToolOutput, ToolRound, Usage};
 use crate::request::IdRule;
 use crate::sse::SseEvent;
 use crate::upstream::UpstreamRequest;
@@ -58,15 +58,27 @@ pub fn submit_tool_outputs(
     .streaming()
 }
 
+/// `POST /threads/{id}/runs/{run}/cancel`: stop a run nobody will read.
+pub fn cancel_run(thread_id: &str, run_id: &str) -> UpstreamRequest {
+    UpstreamRequest::post(
+        format!("/threads/{thread_id}/runs/{run_id}/cancel"),
+        &json!({}),
+    )
+    .header(BETA.0, BETA.1)
+}
+
 /// `GET /threads/{id}/messages`: the thread's messages, newest first.
 pub fn list_messages(thread_id: &str) -> UpstreamRequest {
     UpstreamRequest::get(format!("/threads/{thread_id}/messages")).header(BETA.0, BETA.1)
 }
 
-/// Follows one run stream; keeps the tool calls of a `thread.run.requires_action`.
+/// Follows one run stream; keeps the tool calls of a `thread.run.requires_action`, the run's
+/// id and the usage of its last terminal event.
 #[derive(Debug, Default)]
 pub struct Reader {
     round: Option<ToolRound>,
+    run_id: Option<String>,
+    usage: Option<Usage>,
 }
 
 impl Reader {
@@ -75,12 +87,56 @@ impl Reader {
         if signal == Signal::RequiresAction {
             self.round = Some(tool_round(&event.data));
         }
+        if self.run_id.is_none() && is_run_event(event) {
+            self.run_id = run_id(&event.data);
+        }
+        if matches!(
+            signal,
+            Signal::Completed | Signal::RequiresAction | Signal::Ended(_)
+        ) {
+            self.usage = run_usage(&event.data).or(self.usage);
+        }
         signal
     }
 
     pub fn take_tool_calls(&mut self) -> Option<ToolRound> {
         self.round.take()
     }
+
+    /// The run's usage in the last terminal event (`completed`, `requires_action`, `failed`,
+    /// ...) that had one: all the run's streams so far, not this stream's alone.
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
+    /// The run's id, from the first run event (`thread.run.created` for a new run).
+    pub fn run_id(&self) -> Option<&str> {
+        self.run_id.as_deref()
+    }
+}
+
+/// Whether the event's data is a run object (`thread.run.*`, not a run step's).
+fn is_run_event(event: &SseEvent) -> bool {
+    event.event.starts_with("thread.run.") && !event.event.starts_with("thread.run.step.")
+}
+
+/// The `id` of a run object.
+fn run_id(data: &str) -> Option<String> {
+    let run: serde_json::Value = serde_json::from_str(data).ok()?;
+    let id = run.get("id")?.as_str()?;
+    id.starts_with("run_").then(|| id.to_string())
+}
+
+/// The `usage` of a run object (`prompt_tokens`, `completion_tokens`, `total_tokens`);
+/// `None` when it is null or missing.
+pub fn run_usage(data: &str) -> Option<Usage> {
+    let run: serde_json::Value = serde_json::from_str(data).ok()?;
+    Usage::from_json(run.get("usage")?, "prompt_tokens", "completion_tokens")
+}
+
+/// Whether the event carries a piece of the answer's text.
+pub fn is_text_delta(event: &SseEvent) -> bool {
+    event.event == "thread.message.delta"
 }
 
 /// The run id and tool calls of a `thread.run.requires_action` event. Calls that are not
@@ -232,6 +288,87 @@ mod tests {
                 {"tool_call_id": "call_2", "output": "no"}
             ], "stream": true})
         );
+    }
+
+    /// Every event of a fixture stream, through one reader.
+    fn read_fixture(text: &str) -> Reader {
+        let mut parser = crate::sse::SseParser::new();
+        let mut reader = Reader::default();
+        for event in parser.push(text.replace("...\n\n", "").as_bytes()).unwrap() {
+            reader.observe(&event);
+        }
+        reader
+    }
+
+    #[test]
+    fn the_completed_runs_usage_and_the_run_id_are_kept() {
+        let reader = read_fixture(include_str!(
+            "../../tests/fixtures/openai-wire/assistants-create-run-stream.sse"
+        ));
+        assert_eq!(
+            reader.usage(),
+            Some(Usage {
+                input: 20,
+                output: 11,
+                total: 31
+            })
+        );
+        assert_eq!(reader.run_id(), Some("run_123"));
+    }
+
+    #[test]
+    fn a_requires_action_run_reports_its_usage_too() {
+        let reader = read_fixture(include_str!(
+            "../../tests/fixtures/openai-wire/assistants-create-run-requires-action.sse"
+        ));
+        assert_eq!(
+            reader.usage(),
+            Some(Usage {
+                input: 345,
+                output: 11,
+                total: 356
+            })
+        );
+    }
+
+    #[test]
+    fn usage_is_read_from_run_objects_only_when_present() {
+        let usage = |data: serde_json::Value| run_usage(&data.to_string());
+        assert_eq!(usage(json!({"id": "run_1", "usage": null})), None);
+        assert_eq!(usage(json!({"id": "run_1"})), None);
+        assert_eq!(
+            usage(json!({"usage": {"prompt_tokens": 5, "completion_tokens": 2}})),
+            Some(Usage {
+                input: 5,
+                output: 2,
+                total: 7
+            }),
+            "a missing total is the sum"
+        );
+        assert_eq!(
+            usage(json!({"usage": {"prompt_tokens": "5", "completion_tokens": 2}})),
+            None
+        );
+        assert_eq!(run_usage("not json"), None);
+        // Events that end nothing are not counted, even with a usage.
+        let mut reader = Reader::default();
+        let step = SseEvent {
+            event: "thread.run.step.completed".into(),
+            data: json!({"id": "step_1", "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}).to_string(),
+            id: None,
+        };
+        reader.observe(&step);
+        assert_eq!(reader.usage(), None);
+        assert_eq!(reader.run_id(), None, "a step's id is not the run's");
+    }
+
+    #[test]
+    fn cancel_names_the_thread_and_run() {
+        let req = cancel_run("thread_a", "run_b");
+        assert_eq!(req.method, http::Method::POST);
+        assert_eq!(req.path, "/threads/thread_a/runs/run_b/cancel");
+        assert!(!req.stream);
+        assert!(req.headers.contains(&("OpenAI-Beta", "assistants=v2")));
     }
 
     #[test]

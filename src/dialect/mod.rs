@@ -4,7 +4,8 @@
 //! upstream API gets one module that knows its paths, bodies and event names; nothing else in
 //! the proxy spells an upstream path. [`Dialect`] picks the module for a tenant, and an
 //! [`EventReader`] follows one upstream stream, telling the relay what each event means
-//! ([`Signal`]) and collecting the tool calls the model asks for.
+//! ([`Signal`]) and collecting the tool calls the model asks for, the tokens the stream
+//! reports using ([`Usage`]) and, on the Assistants API, the run's id (to cancel it).
 
 pub mod assistants;
 pub mod responses;
@@ -49,6 +50,42 @@ pub struct ToolRound {
     /// The run waiting for the outputs (Assistants API); `None` for the Responses API.
     pub run_id: Option<String>,
     pub calls: Vec<ToolCall>,
+}
+
+/// Tokens an upstream stream reports using, from its terminal event (`usage` of a run,
+/// `response.usage` of a response).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Prompt (input) tokens.
+    pub input: u64,
+    /// Completion (output) tokens.
+    pub output: u64,
+    /// Everything, as the upstream adds it up (`total_tokens`).
+    pub total: u64,
+}
+
+impl Usage {
+    /// The usage in a JSON object with these keys for input and output (`total_tokens` is
+    /// the total, or their sum when missing); `None` unless it is an object with numbers.
+    pub fn from_json(usage: &serde_json::Value, input: &str, output: &str) -> Option<Usage> {
+        let count = |key: &str| usage.get(key).and_then(serde_json::Value::as_u64);
+        let (input, output) = (count(input)?, count(output)?);
+        let total = count("total_tokens").unwrap_or(input.saturating_add(output));
+        Some(Usage {
+            input,
+            output,
+            total,
+        })
+    }
+
+    /// What `self` holds beyond `earlier`, an older report of the same (growing) count.
+    pub fn beyond(self, earlier: Usage) -> Usage {
+        Usage {
+            input: self.input.saturating_sub(earlier.input),
+            output: self.output.saturating_sub(earlier.output),
+            total: self.total.saturating_sub(earlier.total),
+        }
+    }
 }
 
 /// The answer to one tool call.
@@ -145,6 +182,21 @@ impl Dialect {
         }
     }
 
+    /// `POST .../runs/{run}/cancel` for an answer nobody will read (Assistants API); `None`
+    /// for the Responses API, whose answer stops when its stream is closed.
+    pub fn cancel_turn(self, conversation: &str, run_id: &str) -> Option<UpstreamRequest> {
+        match self {
+            Dialect::Assistants => Some(assistants::cancel_run(conversation, run_id)),
+            Dialect::Responses => None,
+        }
+    }
+
+    /// Whether a run's usage covers all its streams so far (Assistants API: a run goes on
+    /// across tool-output rounds), rather than one stream alone (a response).
+    pub fn usage_is_cumulative(self) -> bool {
+        self == Dialect::Assistants
+    }
+
     /// Whether an upstream error body says the conversation is busy with another answer.
     pub fn is_busy_error(self, body: &serde_json::Value) -> bool {
         match self {
@@ -175,6 +227,30 @@ impl EventReader {
         match self {
             EventReader::Assistants(r) => r.take_tool_calls(),
             EventReader::Responses(r) => r.take_tool_calls(),
+        }
+    }
+
+    /// The usage reported by the stream's last terminal event, if any.
+    pub fn usage(&self) -> Option<Usage> {
+        match self {
+            EventReader::Assistants(r) => r.usage(),
+            EventReader::Responses(r) => r.usage(),
+        }
+    }
+
+    /// The run's id, once an event named it (Assistants API).
+    pub fn run_id(&self) -> Option<&str> {
+        match self {
+            EventReader::Assistants(r) => r.run_id(),
+            EventReader::Responses(_) => None,
+        }
+    }
+
+    /// Whether `event` carries text of the answer (time to first token).
+    pub fn is_text_delta(&self, event: &SseEvent) -> bool {
+        match self {
+            EventReader::Assistants(_) => assistants::is_text_delta(event),
+            EventReader::Responses(_) => responses::is_text_delta(event),
         }
     }
 }

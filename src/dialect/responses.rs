@@ -5,7 +5,7 @@
 //! Function calls arrive as `function_call` output items; they are answered by another
 //! `POST /responses` whose input is `function_call_output` items.
 
-use super::{Signal, ToolCall, ToolOutput, ToolRound};
+use super::{Signal, ToolCall, ToolOutput, ToolRound, Usage};
 use crate::config::{Tenant, UpstreamApi};
 use crate::request::IdRule;
 use crate::sse::SseEvent;
@@ -98,15 +98,33 @@ pub fn is_busy_error(body: &Value) -> bool {
     body.pointer("/error/code").and_then(Value::as_str) == Some("conversation_locked")
 }
 
-/// Follows one response stream, collecting its function calls.
+/// Follows one response stream, collecting its function calls and its usage.
 #[derive(Debug, Default)]
 pub struct Reader {
     calls: Vec<ToolCall>,
     round: Option<ToolRound>,
+    usage: Option<Usage>,
 }
 
 impl Reader {
     pub fn observe(&mut self, event: &SseEvent) -> Signal {
+        let signal = self.classify(event);
+        if matches!(
+            signal,
+            Signal::Completed | Signal::RequiresAction | Signal::Ended(_)
+        ) {
+            self.usage = response_usage(&event.data).or(self.usage);
+        }
+        signal
+    }
+
+    /// The usage of the response's terminal event (`completed`, `incomplete`, `failed`):
+    /// this response's alone.
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
+    fn classify(&mut self, event: &SseEvent) -> Signal {
         match event.event.as_str() {
             "response.output_item.done" => {
                 if let Some(call) = function_call(&event.data) {
@@ -133,6 +151,22 @@ impl Reader {
     pub fn take_tool_calls(&mut self) -> Option<ToolRound> {
         self.round.take()
     }
+}
+
+/// The `response.usage` of a terminal response event (`input_tokens`, `output_tokens`,
+/// `total_tokens`); `None` when it is null or missing.
+pub fn response_usage(data: &str) -> Option<Usage> {
+    let event: Value = serde_json::from_str(data).ok()?;
+    Usage::from_json(
+        event.pointer("/response/usage")?,
+        "input_tokens",
+        "output_tokens",
+    )
+}
+
+/// Whether the event carries a piece of the answer's text.
+pub fn is_text_delta(event: &SseEvent) -> bool {
+    event.event == "response.output_text.delta"
 }
 
 /// The function call in a `response.output_item.done` event, if its item is one.
@@ -173,6 +207,7 @@ mod tests {
             stream_format: StreamFormat::OpenAi,
             redact_run_objects: false,
             rate_limit: None,
+            daily_token_budget: None,
         }
     }
 
@@ -250,6 +285,61 @@ mod tests {
             .collect();
         assert_eq!(signals.last(), Some(&Signal::Completed));
         assert!(reader.take_tool_calls().is_none());
+    }
+
+    #[test]
+    fn the_completed_responses_usage_is_kept() {
+        let example = include_str!("../../tests/fixtures/openai-wire/responses-create-stream.sse")
+            .replace("...\n\n", "");
+        let mut parser = crate::sse::SseParser::new();
+        let mut reader = Reader::default();
+        for event in parser.push(example.as_bytes()).unwrap() {
+            reader.observe(&event);
+        }
+        assert_eq!(
+            reader.usage(),
+            Some(Usage {
+                input: 37,
+                output: 11,
+                total: 48
+            })
+        );
+    }
+
+    #[test]
+    fn a_tool_round_and_an_incomplete_response_report_their_usage() {
+        let usage = json!({"input_tokens": 30, "output_tokens": 8, "total_tokens": 38});
+        let mut reader = Reader::default();
+        let call = json!({"type": "response.output_item.done", "output_index": 0,
+            "item": {"type": "function_call", "id": "fc_1", "call_id": "call_1",
+                     "name": "sendEmail", "arguments": "{}", "status": "completed"}});
+        reader.observe(&event("response.output_item.done", call));
+        let completed = json!({"type": "response.completed", "response": {"usage": usage}});
+        assert_eq!(
+            reader.observe(&event("response.completed", completed)),
+            Signal::RequiresAction
+        );
+        assert_eq!(reader.usage().map(|u| u.total), Some(38));
+
+        let mut reader = Reader::default();
+        let cut = json!({"response": {"usage": {"input_tokens": 3, "output_tokens": 2}}});
+        reader.observe(&event("response.incomplete", cut));
+        assert_eq!(
+            reader.usage(),
+            Some(Usage {
+                input: 3,
+                output: 2,
+                total: 5
+            })
+        );
+        let failed = json!({"response": {"usage": null}});
+        let mut reader = Reader::default();
+        reader.observe(&event("response.failed", failed));
+        assert_eq!(reader.usage(), None);
+        // Usage only counts from terminal events.
+        let created = json!({"response": {"usage": usage}});
+        reader.observe(&event("response.created", created));
+        assert_eq!(reader.usage(), None);
     }
 
     #[test]

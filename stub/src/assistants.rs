@@ -177,6 +177,14 @@ impl Usage {
             total_tokens: prompt + completion,
         }
     }
+
+    /// This usage and `other` together.
+    fn plus(self, other: Usage) -> Usage {
+        Usage::new(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+        )
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -381,6 +389,8 @@ pub struct RunCtx {
     pub created_at: u64,
     /// Rough prompt size for `usage`.
     pub prompt_tokens: u64,
+    /// What the run's earlier streams used: the run's `usage` adds this stream's to it.
+    pub prior_usage: Usage,
 }
 
 impl RunCtx {
@@ -411,6 +421,7 @@ impl RunCtx {
             tools,
             created_at: run.created_at,
             prompt_tokens: 20 + run.directives.text.split_whitespace().count() as u64,
+            prior_usage: Usage::new(run.usage.0, run.usage.1),
         }
     }
 
@@ -589,6 +600,8 @@ pub struct RunEnd {
     pub pending: Vec<PendingCall>,
     /// The tool-calls step of a `RequiresAction` run.
     pub tool_step: Option<(String, u64)>,
+    /// The run's `usage` after this stream (all its streams so far), when it reports one.
+    pub usage: Option<Usage>,
 }
 
 /// Build the whole event stream of a run and the state it leaves behind.
@@ -652,6 +665,7 @@ pub fn run_plan(ctx: &RunCtx, start: Start, answer: Answer) -> (Plan, RunEnd) {
         message: None,
         pending: Vec::new(),
         tool_step: None,
+        usage: None,
     };
     let mut ending = Ending::Finish;
     let commit_at;
@@ -674,7 +688,10 @@ pub fn run_plan(ctx: &RunCtx, start: Start, answer: Answer) -> (Plan, RunEnd) {
                     _ => events.len(),
                 };
                 match outcome {
-                    Outcome::Complete => end.message = Some(msg),
+                    Outcome::Complete => {
+                        end.message = Some(msg);
+                        end.usage = Some(ctx.prior_usage.plus(answer_usage(ctx, &text)));
+                    }
                     Outcome::Cut => {
                         end.status = RunStatus::Failed;
                         ending = Ending::Cut;
@@ -779,7 +796,7 @@ fn text_events(
     }
     match outcome {
         Outcome::Complete => {
-            let usage = Usage::new(ctx.prompt_tokens, deltas.len() as u64);
+            let usage = answer_usage(ctx, text);
             let mut done_msg = msg.clone();
             done_msg.status = "completed";
             done_msg.completed_at = Some(t);
@@ -793,7 +810,7 @@ fn text_events(
             let mut run = ctx.run("completed", Some(started_at));
             run.expires_at = None;
             run.completed_at = Some(t);
-            run.usage = Some(usage);
+            run.usage = Some(ctx.prior_usage.plus(usage));
             events.push(Event::json("thread.run.completed", &run));
             events.push(Event::done());
         }
@@ -816,6 +833,12 @@ fn text_events(
         assistant_id: Some(ctx.assistant_id.clone()),
         run_id: Some(ctx.run_id.clone()),
     }
+}
+
+/// What the message step of a text answer uses: the prompt, and one completion token per
+/// word delta.
+fn answer_usage(ctx: &RunCtx, text: &str) -> Usage {
+    Usage::new(ctx.prompt_tokens, word_deltas(text).len() as u64)
 }
 
 /// Tool-calls step, argument deltas, `thread.run.requires_action`, `done`.
@@ -872,7 +895,11 @@ fn tool_call_events(
     }
     let mut run = ctx.run("requires_action", Some(started_at));
     run.required_action = Some(required_action(calls));
-    run.usage = Some(Usage::new(ctx.prompt_tokens, calls.len() as u64 * 8));
+    let usage = ctx
+        .prior_usage
+        .plus(Usage::new(ctx.prompt_tokens, calls.len() as u64 * 8));
+    run.usage = Some(usage);
+    end.usage = Some(usage);
     events.push(Event::json("thread.run.requires_action", &run));
     events.push(Event::done());
     end.tool_step = Some((step_id, t));
@@ -909,6 +936,7 @@ mod tests {
             pending: Vec::new(),
             tool_step_id: None,
             tool_step_created_at: 0,
+            usage: (0, 0),
         };
         RunCtx::from_run(&run)
     }

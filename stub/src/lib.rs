@@ -97,6 +97,22 @@
 //!   A second response while one streams on the same conversation -> 400 `conversation_locked`.
 //!   Without `conversation` the response is stateless.
 //!
+//! # Token usage (predictable counts, in OpenAI's shape)
+//! - Assistants: run objects carry `usage` `{"prompt_tokens","completion_tokens","total_tokens"}`
+//!   in `thread.run.requires_action` and `thread.run.completed` (null in the other run events,
+//!   and in failed, cancelled, expired and incomplete runs). Each stream of a run adds
+//!   `prompt_tokens` = 20 + the words of the user message (directives removed) and
+//!   `completion_tokens` = 8 per function call asked for (a tool-call round) or one per word
+//!   delta of the text answer; a run's `usage` is the sum over all its streams so far, so
+//!   after one round with one call the completed run of `look up` answering `Tool output: done`
+//!   reports 44 + 11 = 55. Run steps carry their own stream's part.
+//! - Responses: `response.completed` and `response.incomplete` carry
+//!   `response.usage` `{"input_tokens","output_tokens","output_tokens_details":{"reasoning_tokens":0},"total_tokens"}`
+//!   for that response alone: `input_tokens` = 20 + the whitespace-separated words of the user
+//!   text of its input as sent (directives not removed; 20 for a tool-outputs input),
+//!   `output_tokens` = 8 per function call, or one per word delta of the text written.
+//!   `response.failed` has `usage: null`.
+//!
 //! # Directives (`[stub:...]` anywhere in the last user message)
 //! Directives are removed from the text before it is echoed (`hi [stub:slow=5]` -> `You said: hi`).
 //! Unknown names and bad values are removed and ignored.

@@ -148,6 +148,9 @@ pub struct StoredRun {
     /// Id of the current tool-calls run step.
     pub tool_step_id: Option<String>,
     pub tool_step_created_at: u64,
+    /// Tokens the run used in its streams so far, `(prompt, completion)`: a run's `usage`
+    /// adds up every stream of the run (tool-call rounds and the answer).
+    pub usage: (u64, u64),
 }
 
 impl StoredRun {

@@ -187,6 +187,7 @@ pub fn create_run(store: &Arc<Store>, tid: &str, body: &Value) -> Reply {
         pending: Vec::new(),
         tool_step_id: None,
         tool_step_created_at: 0,
+        usage: (0, 0),
     };
     let (answer, with_hang) = if directives.tool_calls.is_empty() {
         let answer = Answer::Text {
@@ -243,6 +244,9 @@ fn finish_run(store: &Store, tid: &str, rid: &str, end: RunEnd) {
         if let Some((step_id, created_at)) = end.tool_step {
             run.tool_step_id = Some(step_id);
             run.tool_step_created_at = created_at;
+        }
+        if let Some(usage) = end.usage {
+            run.usage = (usage.prompt_tokens, usage.completion_tokens);
         }
         if !run.is_active() {
             run.ended_at = Some(end.ended_at);
@@ -596,6 +600,45 @@ mod tests {
             400
         );
         assert_eq!(body_of(&get_run(&store, &tid, &rid))["status"], "completed");
+    }
+
+    /// The `usage` of the run event named `name` in `job`'s stream.
+    fn run_usage(job: &StreamJob, name: &str) -> Value {
+        let event = job.plan.events.iter().find(|e| e.name == name).unwrap();
+        serde_json::from_str::<Value>(&event.data).unwrap()["usage"].clone()
+    }
+
+    #[test]
+    fn a_runs_usage_adds_up_its_streams() {
+        let store = Arc::new(Store::default());
+        let tid = new_thread(&store);
+        // Prompt: 20 + 2 words ("look up"); a round: 8 per call; the answer: 1 per word.
+        let content = r#"look up [stub:tool_calls=[{"name":"f","arguments":"{}"}]]"#;
+        add_message(&store, &tid, &json!({"role":"user","content":content}));
+        let mut job = run_stream(create_run(
+            &store,
+            &tid,
+            &json!({"assistant_id":"asst_1","stream":true}),
+        ));
+        assert_eq!(
+            run_usage(&job, "thread.run.requires_action"),
+            json!({"prompt_tokens": 22, "completion_tokens": 8, "total_tokens": 30})
+        );
+        job.finalizer.fire();
+        let (rid, call) = {
+            let inner = store.lock();
+            let thread = &inner.threads[&tid];
+            let rid = thread.active_run.clone().unwrap();
+            let call = thread.runs[&rid].pending[0].call_id.clone();
+            (rid, call)
+        };
+        let body = json!({"tool_outputs":[{"tool_call_id":call,"output":"done"}],"stream":true});
+        let job = run_stream(submit_tool_outputs(&store, &tid, &rid, &body));
+        // "Tool output: done" is 3 words; the run's usage holds both streams.
+        assert_eq!(
+            run_usage(&job, "thread.run.completed"),
+            json!({"prompt_tokens": 44, "completion_tokens": 11, "total_tokens": 55})
+        );
     }
 
     #[test]

@@ -45,6 +45,7 @@ fn tenant() -> Tenant {
         stream_format: StreamFormat::OpenAi,
         redact_run_objects: false,
         rate_limit: None,
+        daily_token_budget: None,
     }
 }
 

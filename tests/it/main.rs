@@ -9,6 +9,7 @@ mod harness;
 mod redis_server;
 mod smtp_server;
 
+mod budgets;
 mod client_timeouts;
 mod config_modes;
 mod lead_capture;

@@ -261,6 +261,7 @@ fn the_metrics_endpoint_counts_requests_streams_errors_and_leads() {
                 "route" => ["create-thread", "process-message", "healthz", "-"].contains(&&*value),
                 "tenant" => value == TENANT || value == "-",
                 "status" | "le" => value.parse::<f64>().is_ok() || value == "+Inf",
+                "type" => ["input", "output"].contains(&&*value),
                 "outcome" | "kind" | "result" | "reason" => value
                     .chars()
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),

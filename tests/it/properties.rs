@@ -775,6 +775,7 @@ fn tenant(name: String, domains: Vec<String>) -> Tenant {
         stream_format: StreamFormat::OpenAi,
         redact_run_objects: false,
         rate_limit: None,
+        daily_token_budget: None,
     }
 }
 
