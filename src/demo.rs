@@ -119,6 +119,7 @@ fn demo_config(listen: &str, stub_listen: &str) -> Config {
             trusted_proxies: Vec::new(),
             max_body_bytes: 32 * 1024,
             max_message_chars: 4000,
+            turnstile: Default::default(),
         },
         tenants: vec![Tenant {
             name: "demo".into(),
@@ -133,6 +134,7 @@ fn demo_config(listen: &str, stub_listen: &str) -> Config {
             lead_tool: "sendEmail".into(),
             stream_format: StreamFormat::OpenAi,
             redact_run_objects: false,
+            turnstile_secret: None,
         }],
         smtp: None,
         metrics_listen: None,
@@ -142,6 +144,7 @@ fn demo_config(listen: &str, stub_listen: &str) -> Config {
             max_per_tenant_per_hour: 100,
             max_tool_rounds: 5,
             send_timeout: Duration::from_secs(5),
+            max_per_address_per_day: 5,
         },
     }
 }

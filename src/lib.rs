@@ -22,7 +22,8 @@
 //!   stalled readers); `redact`: the system prompt kept out of raw streams.
 //! - [`handle`], [`client_addr`], [`rate`]: signed conversation handles, the client address
 //!   behind trusted proxies, and rate values (the pure cores of abuse control); [`store`]:
-//!   counters, locks and slots shared by a fleet through Redis, or kept in-process.
+//!   counters, locks and slots shared by a fleet through Redis, or kept in-process;
+//!   [`turnstile`]: the optional bot check on create-thread.
 //! - `proxy` and [`server`]: the Pingora service and the process around it; [`logging`]
 //!   keeps secrets out of every log line; [`metrics`] counts what they do and serves
 //!   `GET /metrics` on a listener of its own.
@@ -55,6 +56,7 @@ pub mod sse;
 pub mod store;
 pub mod tenant;
 mod turn;
+pub mod turnstile;
 pub mod upstream;
 mod upstream_call;
 pub mod widget;

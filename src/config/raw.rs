@@ -165,6 +165,9 @@ pub(crate) struct RawLimits {
     pub(crate) max_message_chars: Opt<i64>,
     pub(crate) redis_url: Opt<Secret>,
     pub(crate) trusted_proxies: Opt<List<String>>,
+    // bot check (Turnstile)
+    pub(crate) turnstile_verify_url: Opt<String>,
+    pub(crate) turnstile_timeout_ms: Opt<i64>,
 }
 
 /// `[smtp]`.
@@ -190,6 +193,8 @@ pub(crate) struct RawLeads {
     pub(crate) max_per_tenant_per_hour: Opt<i64>,
     pub(crate) max_tool_rounds: Opt<i64>,
     pub(crate) send_timeout_ms: Opt<i64>,
+    // leads under abuse
+    pub(crate) max_per_address_per_day: Opt<i64>,
 }
 
 /// One `[[tenants]]` table.
@@ -211,6 +216,9 @@ pub(crate) struct RawTenant {
     pub(crate) lead_tool: Opt<String>,
     pub(crate) stream_format: Opt<StreamFormat>,
     pub(crate) redact_run_objects: Opt<bool>,
+    // bot check (Turnstile)
+    pub(crate) turnstile_secret: Opt<Secret>,
+    pub(crate) turnstile_secret_env: Opt<String>,
 }
 
 /// Which upstream API a tenant uses, as written in `api`.

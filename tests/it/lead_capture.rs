@@ -767,7 +767,8 @@ fn a_pending_lead_survives_kill_9_and_is_delivered_exactly_once_after_a_restart(
 #[test]
 fn fifty_concurrent_conversations_each_get_their_own_continuation_and_email() {
     const N: usize = 50;
-    let Rig { stub, smtp, proxy } = start(Setup::new().smtp(), "");
+    // All fifty visitors come from 127.0.0.1: lift the per-address daily cap (issue 10).
+    let Rig { stub, smtp, proxy } = start(Setup::new().smtp(), "max_per_address_per_day = 50");
     let address = |i: usize| format!("visitor-{i:02}@example.com");
     let name = |i: usize| format!("Visitor {i:02}");
 

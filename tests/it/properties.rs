@@ -774,6 +774,7 @@ fn tenant(name: String, domains: Vec<String>) -> Tenant {
         lead_tool: "sendEmail".into(),
         stream_format: StreamFormat::OpenAi,
         redact_run_objects: false,
+        turnstile_secret: None,
     }
 }
 
