@@ -23,7 +23,10 @@ pub struct AppState {
     /// Requests in flight, which the drain waits for on shutdown.
     pub in_flight: Arc<InFlight>,
     /// Counters, budgets, locks and slots: shared through Redis by a fleet, or in-process.
+    // Not read here yet: the lead caps hold a handle of their own, the request limits read it.
     pub store: Store,
+    /// The bot check on create-thread (Turnstile), with its own client to siteverify.
+    pub bot_check: crate::turnstile::BotCheck,
 }
 
 impl AppState {
@@ -33,16 +36,19 @@ impl AppState {
             .map_err(|e| StartError::Tenants(e.to_string()))?;
         let upstream = UpstreamClient::new(config.upstream.clone());
         let metrics = Arc::new(Metrics::new());
-        let leads =
-            LeadDesk::open_with_metrics(&config.leads, config.smtp.as_ref(), Arc::clone(&metrics))
-                .map_err(StartError::Leads)?;
         let store = Store::new(
             config.limits.redis_url.as_ref().map(|url| url.expose()),
             clock(),
             metrics.store_errors(),
         )
         .map_err(StartError::Store)?;
+        let smtp = config.smtp.as_ref();
+        let leads =
+            LeadDesk::open_with_metrics(&config.leads, smtp, Arc::clone(&metrics), store.clone())
+                .map_err(StartError::Leads)?;
+        let bot_check = crate::turnstile::BotCheck::new(&config.limits.turnstile, &config.tenants);
         Ok(Arc::new(AppState {
+            bot_check,
             config,
             tenants,
             upstream,

@@ -117,8 +117,6 @@ fn demo_config(listen: &str, stub_listen: &str) -> Config {
             ..UpstreamSettings::default()
         },
         limits: Limits {
-            redis_url: None,
-            trusted_proxies: Vec::new(),
             max_body_bytes: 32 * 1024,
             max_message_chars: 4000,
             ..Limits::default()
@@ -138,6 +136,7 @@ fn demo_config(listen: &str, stub_listen: &str) -> Config {
             redact_run_objects: false,
             rate_limit: None,
             daily_token_budget: None,
+            turnstile_secret: None,
         }],
         smtp: None,
         metrics_listen: None,
@@ -147,6 +146,7 @@ fn demo_config(listen: &str, stub_listen: &str) -> Config {
             max_per_tenant_per_hour: 100,
             max_tool_rounds: 5,
             send_timeout: Duration::from_secs(5),
+            max_per_address_per_day: 5,
         },
     }
 }

@@ -56,6 +56,26 @@ impl ApiError {
         )
     }
 
+    // bot check (Turnstile)
+    /// The create-thread's Turnstile token is missing, invalid, used before, or solved on
+    /// another site.
+    pub fn bot_check_failed() -> Self {
+        Self::new(
+            403,
+            "bot_check_failed",
+            "The bot check failed: reload the page, complete the check and try again.",
+        )
+    }
+
+    /// Turnstile's siteverify could not give a verdict (down, unreadable, too slow).
+    pub fn bot_check_unavailable() -> Self {
+        Self::new(
+            503,
+            "bot_check_unavailable",
+            "The bot check cannot be completed right now; try again in a moment.",
+        )
+    }
+
     pub fn body_too_large(limit: usize) -> Self {
         Self::new(
             413,

@@ -25,7 +25,8 @@
 //! - [`handle`], [`client_addr`], [`rate`]: signed conversation handles, the client address
 //!   behind trusted proxies, and rate values (the pure cores of abuse control); [`store`]:
 //!   counters, locks and slots shared by a fleet through Redis, or kept in-process;
-//!   `limits`: requests per visitor and per tenant, and streams per visitor, counted on it.
+//!   `limits`: requests per visitor and per tenant, and streams per visitor, counted on it;
+//!   [`turnstile`]: the optional bot check on create-thread.
 //! - `proxy` and [`server`]: the Pingora service and the process around it, which
 //!   [`shutdown`] stops without cutting what is in flight; [`logging`]
 //!   keeps secrets out of every log line; [`metrics`] counts what they do and serves
@@ -63,6 +64,7 @@ pub mod sse;
 pub mod store;
 pub mod tenant;
 mod turn;
+pub mod turnstile;
 pub mod upstream;
 mod upstream_call;
 pub mod widget;

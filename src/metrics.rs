@@ -165,7 +165,7 @@ pub enum LeadResult {
     NotSaved,
     /// The arguments were refused (missing field, bad address...).
     Invalid,
-    /// A per-conversation or per-tenant cap was reached.
+    /// A per-conversation or per-address cap was reached.
     Capped,
 }
 

@@ -181,7 +181,12 @@ impl ChatbotProxy {
         };
 
         if method == http::Method::OPTIONS {
-            return respond::preflight(session, ctx.cors().unwrap_or_default()).await;
+            let origin = ctx.cors().unwrap_or_default();
+            if tenant.turnstile_secret.is_some() {
+                let headers = crate::turnstile::PREFLIGHT_HEADERS;
+                return respond::preflight_allowing(session, origin, headers).await;
+            }
+            return respond::preflight(session, origin).await;
         }
         if !route.allows(method.as_str()) {
             let err = ApiError::method_not_allowed(route.allowed_methods());
@@ -214,6 +219,11 @@ impl ChatbotProxy {
         tenant: &Tenant,
     ) -> Result<Written, ApiError> {
         crate::budget::check(&self.state, tenant).await?;
+        // bot check (Turnstile): nothing goes upstream for a request that fails it.
+        let token = session.get_header(crate::turnstile::TOKEN_HEADER);
+        let (check, ip) = (&self.state.bot_check, ctx.client_ip);
+        let token = token.map(|v| v.as_bytes());
+        check.admit(tenant, token, ip, ctx.cors()).await?;
         let dialect = Dialect::of(tenant);
         let call = self.state.upstream_call(tenant);
         let created = call
@@ -293,6 +303,7 @@ impl ChatbotProxy {
             dialect,
             conversation: &turn.thread_id,
             site: &site,
+            client_ip: ctx.client_ip,
         };
         ctx.outcome = Some(turn.stream(&mut relay, upstream).await);
         if let Some(at) = relay.first_text {

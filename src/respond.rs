@@ -81,9 +81,15 @@ pub async fn error(session: &mut Session, err: &ApiError, cors_origin: Option<&s
 
 /// `204` to a CORS preflight from a whitelisted origin.
 pub async fn preflight(session: &mut Session, origin: &str) -> Written {
+    preflight_allowing(session, origin, "Content-Type").await
+}
+
+/// [`preflight`] allowing the request headers `headers` (e.g. `Content-Type,
+/// CF-Turnstile-Response` for a tenant with a bot check).
+pub async fn preflight_allowing(session: &mut Session, origin: &str, headers: &str) -> Written {
     let mut h = header(204, Some(origin));
     let _ = h.insert_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS");
-    let _ = h.insert_header("Access-Control-Allow-Headers", "Content-Type");
+    let _ = h.insert_header("Access-Control-Allow-Headers", headers);
     let _ = h.insert_header("Access-Control-Max-Age", PREFLIGHT_MAX_AGE);
     let _ = h.insert_header("Content-Length", "0");
     if session

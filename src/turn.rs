@@ -72,6 +72,8 @@ pub struct Turn<'a> {
     pub conversation: &'a str,
     /// The calling site's origin, for lead e-mails.
     pub site: &'a str,
+    /// The visitor's address, for the per-address lead cap.
+    pub client_ip: Option<std::net::IpAddr>,
 }
 
 impl Turn<'_> {
@@ -156,6 +158,7 @@ impl Turn<'_> {
                         tenant: self.tenant,
                         site: self.site,
                         conversation: self.conversation,
+                        client_ip: self.client_ip,
                     };
                     self.state.leads.capture(&source, &call.arguments).await
                 }

@@ -123,6 +123,15 @@ pub(crate) const STREAMS_PER_IP: Bounds = bounds(
 // token budgets
 /// A tenant's tokens per UTC day; 0 (the default) is no budget.
 pub(crate) const DAILY_TOKENS: Bounds = bounds(0, 1_000_000_000_000, 0, "tokens (0: no budget)");
+// leads under abuse
+pub(crate) const LEADS_PER_ADDRESS_PER_DAY: Bounds = bounds(
+    1,
+    100_000,
+    d::MAX_LEADS_PER_ADDRESS_PER_DAY as u64,
+    "e-mails",
+);
+// bot check (Turnstile)
+pub(crate) const TURNSTILE_TIMEOUT_MS: Bounds = bounds(1, 60_000, d::TURNSTILE_TIMEOUT_MS, MS);
 
 /// An integer inside `bounds`.
 pub(crate) fn in_bounds(value: i64, bounds: &Bounds, at: &At) -> Result<u64, ConfigError> {
@@ -318,6 +327,65 @@ pub(crate) fn base_url(
     upstream.port = port;
     upstream.base_path = url.path().trim_end_matches('/').to_string();
     Ok(())
+}
+
+// bot check (Turnstile)
+/// `limits.turnstile_verify_url` / `TURNSTILE_VERIFY_URL`: an absolute http(s) URL without
+/// credentials, query or fragment; fills `base_url`, `tls`, `host`, `port` and `base_path`
+/// (the whole path, posted to as it is). The URL itself is never echoed.
+pub(crate) fn verify_url(
+    raw: &str,
+    at: &At,
+    endpoint: &mut UpstreamSettings,
+) -> Result<(), ConfigError> {
+    let raw = raw.trim();
+    let usable = Url::parse(raw).ok().and_then(|url| {
+        let clean = matches!(url.scheme(), "http" | "https")
+            && url.username().is_empty()
+            && url.password().is_none()
+            && url.query().is_none()
+            && url.fragment().is_none();
+        let host = match url.host()? {
+            Host::Domain(domain) => domain.to_ascii_lowercase(),
+            Host::Ipv4(ip) => ip.to_string(),
+            Host::Ipv6(ip) => ip.to_string(),
+        };
+        let port = url.port_or_known_default()?;
+        (clean && !host.is_empty()).then_some((url, host, port))
+    });
+    let Some((url, host, port)) = usable else {
+        return Err(at.err(format!(
+            "is not a usable siteverify URL (value not shown): write an absolute http or https \
+             URL without user, query or fragment, e.g. \"{}\" (the default; tests use a local \
+             fake)",
+            d::TURNSTILE_VERIFY_URL
+        )));
+    };
+    endpoint.tls = url.scheme() == "https";
+    endpoint.host = host;
+    endpoint.port = port;
+    endpoint.base_path = url.path().to_string();
+    endpoint.base_url = raw.to_string();
+    Ok(())
+}
+
+/// A tenant's Turnstile secret key: a single word of visible ASCII, never shown. `what` names
+/// its source (e.g. "the Turnstile secret in ACME_TURNSTILE").
+pub(crate) fn turnstile_secret(raw: &str, what: &str, at: &At) -> Result<Secret, ConfigError> {
+    let secret = raw.trim();
+    if secret.is_empty() {
+        return Err(at.err(format!(
+            "{what} is empty: paste the widget's secret key from the Cloudflare dashboard \
+             (Turnstile > Settings), or remove the key to turn the bot check off"
+        )));
+    }
+    if !secret.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(at.err(format!(
+            "{what} contains spaces, line breaks or non-ASCII characters (value not shown): \
+             paste the secret key again as one word"
+        )));
+    }
+    Ok(Secret::new(secret))
 }
 
 /// `limits.redis_url` / `REDIS_URL`: `redis://` or `rediss://`, with a host. The value is never

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use super::check::{self, At};
 use super::error::ConfigError;
-use super::types::{LeadSettings, Limits, ServerSettings, SmtpTls, UpstreamSettings};
+use super::types::{
+    LeadSettings, Limits, ServerSettings, SmtpTls, TurnstileSettings, UpstreamSettings,
+};
 
 pub(crate) const LISTEN: &str = "0.0.0.0:3000";
 pub(crate) const PREFIX: &str = "/open-ai";
@@ -51,6 +53,12 @@ pub(crate) const RATE_LIMIT_IP: crate::rate::Rate = crate::rate::Rate {
 };
 /// Answers streaming to one address at once: a few tabs, or a household behind one NAT.
 pub(crate) const MAX_STREAMS_PER_IP: u32 = 4;
+// leads under abuse
+pub(crate) const MAX_LEADS_PER_ADDRESS_PER_DAY: u32 = 5;
+// bot check (Turnstile)
+pub(crate) const TURNSTILE_VERIFY_URL: &str =
+    "https://challenges.cloudflare.com/turnstile/v0/siteverify";
+pub(crate) const TURNSTILE_TIMEOUT_MS: u64 = 3_000;
 
 /// Transport security when none is configured: implicit TLS on port 465, opportunistic
 /// STARTTLS on any other port.
@@ -86,6 +94,39 @@ impl Default for Limits {
             // request limits
             rate_limit_ip: Some(RATE_LIMIT_IP),
             max_streams_per_ip: MAX_STREAMS_PER_IP,
+            turnstile: TurnstileSettings::default(),
+        }
+    }
+}
+
+impl Default for TurnstileSettings {
+    /// Cloudflare's siteverify endpoint, 3 s.
+    fn default() -> Self {
+        let timeout = Duration::from_millis(TURNSTILE_TIMEOUT_MS);
+        TurnstileSettings {
+            endpoint: TurnstileSettings::endpoint(
+                UpstreamSettings {
+                    base_url: TURNSTILE_VERIFY_URL.to_string(),
+                    host: "challenges.cloudflare.com".to_string(),
+                    base_path: "/turnstile/v0/siteverify".to_string(),
+                    ..UpstreamSettings::default()
+                },
+                timeout,
+            ),
+            timeout,
+        }
+    }
+}
+
+impl TurnstileSettings {
+    /// `endpoint` (scheme, host, port and path already set) with every timeout `timeout`.
+    pub(crate) fn endpoint(endpoint: UpstreamSettings, timeout: Duration) -> UpstreamSettings {
+        UpstreamSettings {
+            connect_timeout: timeout,
+            first_byte_timeout: timeout,
+            idle_timeout: timeout,
+            address_connect_timeout: timeout.min(Duration::from_millis(ADDRESS_CONNECT_TIMEOUT_MS)),
+            ..endpoint
         }
     }
 }
@@ -98,6 +139,7 @@ impl Default for LeadSettings {
             max_per_tenant_per_hour: MAX_LEADS_PER_TENANT_PER_HOUR,
             max_tool_rounds: MAX_TOOL_ROUNDS,
             send_timeout: Duration::from_millis(LEAD_SEND_TIMEOUT_MS),
+            max_per_address_per_day: MAX_LEADS_PER_ADDRESS_PER_DAY,
         }
     }
 }
@@ -161,6 +203,27 @@ mod tests {
         assert_eq!(leads.max_per_tenant_per_hour, 100);
         assert_eq!(leads.max_tool_rounds, 5);
         assert_eq!(leads.send_timeout, Duration::from_secs(5));
+        assert_eq!(leads.max_per_address_per_day, 5);
+    }
+
+    #[test]
+    fn default_turnstile_endpoint_is_cloudflares_with_three_second_timeouts() {
+        let turnstile = TurnstileSettings::default();
+        let mut parsed = UpstreamSettings::default();
+        let at = At::key("limits.turnstile_verify_url");
+        check::verify_url(TURNSTILE_VERIFY_URL, &at, &mut parsed).unwrap();
+        let parsed = TurnstileSettings::endpoint(parsed, Duration::from_secs(3));
+        assert_eq!(turnstile.endpoint, parsed);
+        assert_eq!(turnstile.timeout, Duration::from_secs(3));
+        let e = &turnstile.endpoint;
+        assert!(e.tls);
+        assert_eq!(
+            (e.host.as_str(), e.port, e.base_path.as_str()),
+            ("challenges.cloudflare.com", 443, "/turnstile/v0/siteverify")
+        );
+        assert_eq!(e.connect_timeout, Duration::from_secs(3));
+        assert_eq!(e.first_byte_timeout, Duration::from_secs(3));
+        assert_eq!(e.address_connect_timeout, Duration::from_secs(1));
     }
 
     #[test]

@@ -37,6 +37,8 @@ const INSTRUCTIONS: &str = "INSTRUCTIONS";
 const EMAIL_TO: &str = "EMAIL_TO";
 // token budgets
 const DAILY_TOKEN_BUDGETS: &str = "DAILY_TOKEN_BUDGETS";
+// bot check (Turnstile)
+const TURNSTILE_SECRETS: &str = "TURNSTILE_SECRETS";
 
 /// What each array looks like, for messages.
 fn example(name: &str) -> &'static str {
@@ -48,6 +50,7 @@ fn example(name: &str) -> &'static str {
         INSTRUCTIONS => r#"INSTRUCTIONS='["You are the assistant of example.com."]'"#,
         "TRUSTED_PROXIES" => r#"TRUSTED_PROXIES='["10.0.0.0/8","2001:db8::/32"]'"#,
         "OPENAI_RESOLVE" => r#"OPENAI_RESOLVE='["203.0.113.7","2001:db8::7"]'"#,
+        TURNSTILE_SECRETS => r#"TURNSTILE_SECRETS='["0x4AAAAAAA...", ""]'"#,
         _ => r#"EMAIL_TO='["sales@example.com"]'"#,
     }
 }
@@ -158,6 +161,9 @@ pub fn from_env_map(env: &HashMap<String, String>) -> Result<Config, ConfigError
     one_or_all(DAILY_TOKEN_BUDGETS, budgets.len(), n)?;
     let stream_format = parsed(env, "STREAM_FORMAT")?;
     let redact_run_objects = boolean(env, "REDACT_RUN_OBJECTS")?;
+    // bot check (Turnstile)
+    let turnstile_secrets = secret_strings(env, TURNSTILE_SECRETS)?;
+    one_or_all(TURNSTILE_SECRETS, turnstile_secrets.len(), n)?;
 
     let tenants = (0..n).map(|i| {
         let domain = Val::var(format!("{DOMAINS}[{i}]"), domains[i].clone());
@@ -190,6 +196,13 @@ pub fn from_env_map(env: &HashMap<String, String>) -> Result<Config, ConfigError
             rate_limit: text(env, "RATE_LIMIT_TENANT"),
             // token budgets
             daily_token_budget: token_count_for_tenant(&budgets, DAILY_TOKEN_BUDGETS, i),
+            // `""`: no bot check for this domain.
+            turnstile_secret: for_tenant(&turnstile_secrets, TURNSTILE_SECRETS, i)
+                .filter(|entry| !entry.value.is_empty())
+                .map(|entry| Val {
+                    value: Secret::new(entry.value),
+                    from: entry.from,
+                }),
             ..RawTenant::default()
         };
         Val::var(format!("{DOMAINS}[{i}]"), tenant)
@@ -221,11 +234,16 @@ pub fn from_env_map(env: &HashMap<String, String>) -> Result<Config, ConfigError
             // request limits
             rate_limit_ip: text(env, "RATE_LIMIT_IP"),
             max_streams_per_ip: int(env, "MAX_STREAMS_PER_IP")?,
+            // bot check (Turnstile)
+            turnstile_verify_url: text(env, "TURNSTILE_VERIFY_URL"),
+            turnstile_timeout_ms: int(env, "TURNSTILE_TIMEOUT_MS")?,
             ..RawLimits::default()
         },
         smtp: smtp(env)?,
         leads: RawLeads {
             dir: text(env, "LEADS_DIR"),
+            // leads under abuse
+            max_per_address_per_day: int(env, "MAX_LEADS_PER_IP_PER_DAY")?,
             ..RawLeads::default()
         },
         tenants: Some(Val::var(DOMAINS, tenants.collect())),
@@ -499,6 +517,46 @@ fn json_token_counts(env: &HashMap<String, String>, name: &str) -> Result<Vec<i6
                     check::json_kind(item)
                 ))
             })
+        })
+        .collect()
+}
+
+// bot check (Turnstile)
+/// A JSON array of secrets matched by position, where `""` stands for none (trimmed). `[]` for
+/// an unset variable. No value ever appears in a message.
+fn secret_strings(env: &HashMap<String, String>, name: &str) -> Result<Vec<String>, ConfigError> {
+    let Some(raw) = var(env, name) else {
+        return Ok(Vec::new());
+    };
+    let shape = format!(
+        "it must be a JSON array of strings in double quotes, \"\" for a domain without one, \
+         e.g. {}",
+        example(name)
+    );
+    let value: Value = serde_json::from_str(raw).map_err(|_| {
+        ConfigError::new(
+            name,
+            format!("is not valid JSON (value not shown): {shape}"),
+        )
+    })?;
+    let Value::Array(items) = value else {
+        return Err(ConfigError::new(
+            name,
+            format!(
+                "is JSON {}, not an array: {shape}",
+                check::json_kind(&value)
+            ),
+        ));
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| match item {
+            Value::String(s) => Ok(s.trim().to_string()),
+            other => Err(At::key(format!("{name}[{i}]")).err(format!(
+                "is {}, not a string: {shape}",
+                check::json_kind(other)
+            ))),
         })
         .collect()
 }
@@ -1103,6 +1161,80 @@ mod tests {
         assert!(err.starts_with("LEAD_TOOL:"), "{err}");
         let err = err_of(&two_sites(&[("LEADS_DIR", "da\u{1}ta")]));
         assert!(err.starts_with("LEADS_DIR:"), "{err}");
+    }
+
+    // leads under abuse; bot check (Turnstile)
+    #[test]
+    fn address_cap_and_bot_check_from_env() {
+        let config = from_env_map(&two_sites(&[])).unwrap();
+        assert!(config.tenants.iter().all(|t| t.turnstile_secret.is_none()));
+        let config = from_env_map(&two_sites(&[
+            ("MAX_LEADS_PER_IP_PER_DAY", "9"),
+            ("TURNSTILE_SECRETS", r#"["", " 0x4AAA-shop "]"#),
+            ("TURNSTILE_VERIFY_URL", "http://127.0.0.1:8099/siteverify"),
+            ("TURNSTILE_TIMEOUT_MS", "500"),
+        ]))
+        .unwrap();
+        assert_eq!(config.leads.max_per_address_per_day, 9);
+        assert_eq!(config.tenants[0].turnstile_secret, None, "\"\" is none");
+        let shop = config.tenants[1].turnstile_secret.as_ref().unwrap();
+        assert_eq!(shop.expose(), "0x4AAA-shop");
+        let turnstile = &config.limits.turnstile;
+        assert_eq!(turnstile.endpoint.port, 8099);
+        assert_eq!(turnstile.endpoint.base_path, "/siteverify");
+        assert_eq!(turnstile.timeout, std::time::Duration::from_millis(500));
+
+        // One entry serves every domain.
+        let config =
+            from_env_map(&two_sites(&[("TURNSTILE_SECRETS", r#"["0x4AAA-all"]"#)])).unwrap();
+        assert!(config
+            .tenants
+            .iter()
+            .all(|t| t.turnstile_secret.as_ref().map(Secret::expose) == Some("0x4AAA-all")));
+    }
+
+    #[test]
+    fn bad_bot_check_variables_are_named_and_never_shown() {
+        let err = err_of(&two_sites(&[(
+            "TURNSTILE_SECRETS",
+            r#"["0xAAA-one","0xAAA-two","x"]"#,
+        )]));
+        assert!(
+            err.starts_with("TURNSTILE_SECRETS: DOMAINS has 2 entries"),
+            "{err}"
+        );
+        let err = err_of(&two_sites(&[("TURNSTILE_SECRETS", r#"["0xAAA-one" "#)]));
+        assert!(
+            err.starts_with("TURNSTILE_SECRETS: is not valid JSON (value not shown)"),
+            "{err}"
+        );
+        assert!(!err.contains("0xAAA"), "{err}");
+        let err = err_of(&two_sites(&[("TURNSTILE_SECRETS", r#"["0xAAA one", ""]"#)]));
+        assert!(
+            err.starts_with("TURNSTILE_SECRETS[0]: the Turnstile secret contains spaces"),
+            "{err}"
+        );
+        assert!(!err.contains("0xAAA"), "{err}");
+        let err = err_of(&two_sites(&[("TURNSTILE_SECRETS", r#"[1, ""]"#)]));
+        assert!(
+            err.starts_with("TURNSTILE_SECRETS[0]: is a number"),
+            "{err}"
+        );
+        let err = err_of(&two_sites(&[("TURNSTILE_VERIFY_URL", "not a url")]));
+        assert!(
+            err.starts_with("TURNSTILE_VERIFY_URL: is not a usable siteverify URL"),
+            "{err}"
+        );
+        let err = err_of(&two_sites(&[("TURNSTILE_TIMEOUT_MS", "999999")]));
+        assert!(
+            err.starts_with("TURNSTILE_TIMEOUT_MS: 999999 is out of range"),
+            "{err}"
+        );
+        let err = err_of(&two_sites(&[("MAX_LEADS_PER_IP_PER_DAY", "many")]));
+        assert!(
+            err.starts_with("MAX_LEADS_PER_IP_PER_DAY: is not a whole number"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1265,6 +1265,7 @@ tools = [
                 max_per_tenant_per_hour: 20,
                 max_tool_rounds: 20,
                 send_timeout: Duration::from_millis(250),
+                max_per_address_per_day: 5,
             }
         );
         let leads = load(&format!("{MINIMAL}\n[leads]\nmax_tool_rounds = 2\n"))
@@ -1303,6 +1304,96 @@ tools = [
             "{err}"
         );
         assert!(err.contains("max_tool_rounds"), "{err}");
+    }
+
+    // leads under abuse; bot check (Turnstile)
+    #[test]
+    fn address_cap_and_bot_check_settings() {
+        let config = load(MINIMAL).unwrap();
+        assert_eq!(config.leads.max_per_address_per_day, 5);
+        assert_eq!(config.tenants[0].turnstile_secret, None, "off by default");
+        let turnstile = &config.limits.turnstile;
+        assert_eq!(
+            turnstile.endpoint.base_url,
+            "https://challenges.cloudflare.com/turnstile/v0/siteverify"
+        );
+        assert_eq!(turnstile.timeout, Duration::from_secs(3));
+
+        let config = load(&format!(
+            "[leads]\nmax_per_address_per_day = 12\n[limits]\n\
+             turnstile_verify_url = \"http://127.0.0.1:9/siteverify\"\n\
+             turnstile_timeout_ms = 250\n{MINIMAL}turnstile_secret = \"0x4AAA-secret\"\n"
+        ))
+        .unwrap();
+        assert_eq!(config.leads.max_per_address_per_day, 12);
+        let secret = config.tenants[0].turnstile_secret.as_ref().unwrap();
+        assert_eq!(secret.expose(), "0x4AAA-secret");
+        let turnstile = &config.limits.turnstile;
+        let e = &turnstile.endpoint;
+        assert_eq!(
+            (e.tls, e.host.as_str(), e.port, e.base_path.as_str()),
+            (false, "127.0.0.1", 9, "/siteverify")
+        );
+        assert_eq!(turnstile.timeout, Duration::from_millis(250));
+        assert_eq!(e.connect_timeout, Duration::from_millis(250));
+        assert_eq!(e.first_byte_timeout, Duration::from_millis(250));
+        assert_eq!(e.address_connect_timeout, Duration::from_millis(250));
+
+        let env = env(&[("ACME_TURNSTILE", " 0x4AAA-from-env ")]);
+        let text = format!("{MINIMAL}turnstile_secret_env = \"ACME_TURNSTILE\"\n");
+        let config = from_toml_str(&text, FILE, &env).unwrap();
+        let secret = config.tenants[0].turnstile_secret.as_ref().unwrap();
+        assert_eq!(secret.expose(), "0x4AAA-from-env");
+    }
+
+    #[test]
+    fn bad_bot_check_settings_are_refused_without_showing_secrets() {
+        let err = load_err(&format!(
+            "{MINIMAL}turnstile_secret = \"0xSECRET\"\nturnstile_secret_env = \"T\"\n"
+        ));
+        assert!(
+            err.contains(
+                "tenants[0].turnstile_secret_env: and tenants[0].turnstile_secret are both set"
+            ),
+            "{err}"
+        );
+        let err = load_err(&format!("{MINIMAL}turnstile_secret = \"0x SECRET\"\n"));
+        assert!(
+            err.contains("tenants[0].turnstile_secret: the Turnstile secret contains spaces"),
+            "{err}"
+        );
+        assert!(!err.contains("SECRET"), "{err}");
+        let err = load_err(&format!("{MINIMAL}turnstile_secret = \" \"\n"));
+        assert!(err.contains("is empty"), "{err}");
+        let err = load_err(&format!(
+            "{MINIMAL}turnstile_secret_env = \"NOT_SET_ANYWHERE\"\n"
+        ));
+        assert!(err.contains("NOT_SET_ANYWHERE is not set"), "{err}");
+        for url in [
+            "challenges.cloudflare.com/turnstile",
+            "ftp://127.0.0.1/siteverify",
+            "https://user:pw@example.com/siteverify",
+            "https://example.com/siteverify?secret=x",
+        ] {
+            let err = load_err(&format!(
+                "[limits]\nturnstile_verify_url = \"{url}\"\n{MINIMAL}"
+            ));
+            assert!(
+                err.starts_with("chatbot-proxy.toml line 2: limits.turnstile_verify_url: is not a usable siteverify URL"),
+                "{err}"
+            );
+            assert!(!err.contains("pw@"), "{err}");
+        }
+        let err = load_err(&format!("[limits]\nturnstile_timeout_ms = 0\n{MINIMAL}"));
+        assert!(
+            err.contains("limits.turnstile_timeout_ms: 0 is out of range"),
+            "{err}"
+        );
+        let err = load_err(&format!("[leads]\nmax_per_address_per_day = 0\n{MINIMAL}"));
+        assert!(
+            err.contains("leads.max_per_address_per_day: 0 is out of range"),
+            "{err}"
+        );
     }
 
     #[test]

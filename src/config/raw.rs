@@ -171,6 +171,9 @@ pub(crate) struct RawLimits {
     // request limits
     pub(crate) rate_limit_ip: Opt<String>,
     pub(crate) max_streams_per_ip: Opt<i64>,
+    // bot check (Turnstile)
+    pub(crate) turnstile_verify_url: Opt<String>,
+    pub(crate) turnstile_timeout_ms: Opt<i64>,
 }
 
 /// `[smtp]`.
@@ -196,6 +199,8 @@ pub(crate) struct RawLeads {
     pub(crate) max_per_tenant_per_hour: Opt<i64>,
     pub(crate) max_tool_rounds: Opt<i64>,
     pub(crate) send_timeout_ms: Opt<i64>,
+    // leads under abuse
+    pub(crate) max_per_address_per_day: Opt<i64>,
 }
 
 /// One `[[tenants]]` table.
@@ -221,6 +226,9 @@ pub(crate) struct RawTenant {
     pub(crate) rate_limit: Opt<String>,
     // token budgets
     pub(crate) daily_token_budget: Opt<i64>,
+    // bot check (Turnstile)
+    pub(crate) turnstile_secret: Opt<Secret>,
+    pub(crate) turnstile_secret_env: Opt<String>,
 }
 
 /// Which upstream API a tenant uses, as written in `api`.

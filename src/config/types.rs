@@ -128,6 +128,22 @@ pub struct Limits {
     /// Answers streaming to one client address at once (`max_streams_per_ip`,
     /// `MAX_STREAMS_PER_IP`; default 4); 0: no limit.
     pub max_streams_per_ip: u32,
+    // bot check (Turnstile)
+    /// Where and how fast bot-check tokens are verified (`turnstile_verify_url`,
+    /// `turnstile_timeout_ms`); used only for tenants with a `turnstile_secret`.
+    pub turnstile: TurnstileSettings,
+}
+
+/// The Turnstile siteverify endpoint that bot-check tokens are posted to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TurnstileSettings {
+    /// The endpoint as an upstream (`TURNSTILE_VERIFY_URL`, default Cloudflare's
+    /// `https://challenges.cloudflare.com/turnstile/v0/siteverify`); its path is the whole
+    /// request path. Its connect, first-byte and idle timeouts are `timeout`.
+    pub endpoint: UpstreamSettings,
+    /// Longest wait for a verdict, all of it (default 3 s): then the check is unavailable
+    /// (503), never passed.
+    pub timeout: Duration,
 }
 
 /// One website (or group of websites) served with one OpenAI key and assistant.
@@ -159,6 +175,11 @@ pub struct Tenant {
     /// Most tokens the tenant may use per UTC day (`daily_token_budget`,
     /// `DAILY_TOKEN_BUDGETS`); `None`: no budget.
     pub daily_token_budget: Option<u64>,
+    // bot check (Turnstile)
+    /// The Turnstile secret key (`turnstile_secret` / `turnstile_secret_env`,
+    /// `TURNSTILE_SECRETS`): when set, create-thread needs a valid `CF-Turnstile-Response`
+    /// token; `None`: no bot check.
+    pub turnstile_secret: Option<Secret>,
 }
 
 /// The upstream API a tenant talks to.
@@ -198,8 +219,12 @@ pub struct LeadSettings {
     pub dir: std::path::PathBuf,
     /// Most lead e-mails one conversation may send (default 3).
     pub max_per_conversation: u32,
-    /// Most lead e-mails one tenant may send per hour (default 100).
+    /// Most lead e-mails one tenant may send per hour (default 100); leads over it are saved
+    /// and delivered in a later hour.
     pub max_per_tenant_per_hour: u32,
+    /// Most leads one visitor address may leave per UTC day, across conversations (default
+    /// 5); the per-tenant hourly cap only delays delivery, this one refuses.
+    pub max_per_address_per_day: u32,
     /// Most tool-output rounds in one answer (default 5).
     pub max_tool_rounds: u32,
     /// How long a lead's first delivery attempt may hold the answer before the lead is

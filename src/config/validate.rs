@@ -18,7 +18,7 @@ use super::raw::{
 };
 use super::types::{
     ClientTimeouts, Config, LeadSettings, Limits, Secret, ServerSettings, SmtpSettings, Tenant,
-    UpstreamApi, UpstreamSettings,
+    TurnstileSettings, UpstreamApi, UpstreamSettings,
 };
 
 /// Where the raw configuration came from, for messages, `*_env` keys and relative paths.
@@ -176,7 +176,25 @@ fn limits(src: &Source, raw: &RawLimits) -> Result<Limits, ConfigError> {
     let key = "limits.max_streams_per_ip";
     limits.max_streams_per_ip =
         src.int(&raw.max_streams_per_ip, key, &check::STREAMS_PER_IP)? as u32;
+    limits.turnstile = turnstile(src, raw)?;
     Ok(limits)
+}
+
+// bot check (Turnstile)
+/// `limits.turnstile_verify_url` and `limits.turnstile_timeout_ms`.
+fn turnstile(src: &Source, raw: &RawLimits) -> Result<TurnstileSettings, ConfigError> {
+    let key = "limits.turnstile_timeout_ms";
+    let timeout = src.millis(&raw.turnstile_timeout_ms, key, &check::TURNSTILE_TIMEOUT_MS)?;
+    let mut endpoint = TurnstileSettings::default().endpoint;
+    src.text(
+        &raw.turnstile_verify_url,
+        "limits.turnstile_verify_url",
+        |text, at| check::verify_url(text, at, &mut endpoint),
+    )?;
+    Ok(TurnstileSettings {
+        endpoint: TurnstileSettings::endpoint(endpoint, timeout),
+        timeout,
+    })
 }
 
 /// `[server]`, and `metrics_listen`, which must not take the port of `listen`.
@@ -383,6 +401,10 @@ fn leads(src: &Source, raw: &RawLeads) -> Result<LeadSettings, ConfigError> {
     leads.max_tool_rounds = rounds?;
     let key = "leads.send_timeout_ms";
     leads.send_timeout = src.millis(&raw.send_timeout_ms, key, &check::SEND_TIMEOUT_MS)?;
+    // leads under abuse
+    let key = "leads.max_per_address_per_day";
+    let bounds = &check::LEADS_PER_ADDRESS_PER_DAY;
+    leads.max_per_address_per_day = src.int(&raw.max_per_address_per_day, key, bounds)? as u32;
     Ok(leads)
 }
 
@@ -456,6 +478,7 @@ fn tenant(
         }
     }
     let api_key = api_key(src, raw, table, &name)?;
+    let turnstile_secret = turnstile_secret(src, raw, table, &name)?;
     let lead_tool = src.text(&raw.lead_tool, &key("lead_tool"), check::function_name)?;
     let lead_tool = lead_tool.unwrap_or_else(|| defaults::LEAD_TOOL.to_string());
     let api = upstream_api(src, raw, table, &name, &lead_tool)?;
@@ -488,7 +511,40 @@ fn tenant(
                 |v, at| check::in_bounds(*v, &check::DAILY_TOKENS, at),
             )?
             .filter(|&tokens| tokens > 0),
+        turnstile_secret,
     })
+}
+
+// bot check (Turnstile)
+/// At most one of `turnstile_secret` / `turnstile_secret_env`; neither: no bot check.
+fn turnstile_secret(
+    src: &Source,
+    raw: &RawTenant,
+    table: &At,
+    name: &str,
+) -> Result<Option<Secret>, ConfigError> {
+    let key = |field: &str| format!("{}.{field}", table.key);
+    match (&raw.turnstile_secret, &raw.turnstile_secret_env) {
+        (None, None) => Ok(None),
+        (Some(_), Some(env)) => Err(src.at(env, key("turnstile_secret_env")).err(format!(
+            "and {} are both set: keep exactly one (turnstile_secret_env keeps the secret out \
+             of this file)",
+            key("turnstile_secret")
+        ))),
+        (Some(val), None) => check::turnstile_secret(
+            val.value.expose(),
+            "the Turnstile secret",
+            &src.at(val, key("turnstile_secret")),
+        )
+        .map(Some),
+        (None, Some(val)) => {
+            let purpose = format!("the Turnstile secret key of tenant {}", check::shown(name));
+            let (var, value) = src.env_value(val, &key("turnstile_secret_env"), &purpose)?;
+            let at = src.at(val, key("turnstile_secret_env"));
+            check::turnstile_secret(&value, &format!("the Turnstile secret in {var}"), &at)
+                .map(Some)
+        }
+    }
 }
 
 /// Exactly one of `api_key` / `api_key_env`; the variable must be set.

@@ -208,6 +208,7 @@ mod tests {
             redact_run_objects: false,
             rate_limit: None,
             daily_token_budget: None,
+            turnstile_secret: None,
         }
     }
 

@@ -8,6 +8,10 @@
 //! lead is marked in the journal so a restart does not send it again. A crash between the
 //! server's acceptance and that mark sends the lead once more after the restart: delivery is
 //! at least once, never at most once.
+//!
+//! Each e-mail first takes a slot in its tenant's hourly cap (`caps`); a lead that finds none
+//! waits in the outbox, still journaled, and the service makes it due when the next hour
+//! begins on the store's clock (looked at every [`WAIT_POLL`] while a lead waits).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -20,6 +24,7 @@ use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinSet;
 
 use super::backoff::{jitter, Backoff};
+use super::caps::Caps;
 use super::journal::{unix_now, Journal, JournalError, LeadRecord, Record};
 use super::lead::{self, Context};
 use super::mailer::Mailer;
@@ -35,6 +40,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How often the journal segments of processes that have exited (after an upgrade) are
 /// looked for and adopted.
 const ADOPT_EVERY: Duration = Duration::from_secs(2);
+/// How often the service looks whether waiting leads' hour has begun (the store's clock may
+/// be a test's, which moves without telling anyone).
+const WAIT_POLL: Duration = Duration::from_secs(1);
 
 /// How an attempt ended, for the tool output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +51,8 @@ pub enum Outcome {
     Delivered,
     /// The lead waits in the outbox (for a retry, for SMTP to be configured, or parked).
     Queued,
+    /// The tenant's hourly cap is reached: the lead waits in the outbox for the next hour.
+    Deferred,
 }
 
 /// The journal, the outbox and the mailer, shared by captures and the background service.
@@ -59,6 +69,8 @@ pub struct Courier {
     busy: Arc<InFlight>,
     /// Counts the attempts the mailer declined to make.
     metrics: Arc<Metrics>,
+    /// The tenants' hourly delivery slots.
+    caps: Arc<Caps>,
 }
 
 impl Courier {
@@ -68,6 +80,7 @@ impl Courier {
         pending: Vec<LeadRecord>,
         mailer: Option<Mailer>,
         metrics: Arc<Metrics>,
+        caps: Arc<Caps>,
     ) -> Self {
         let now = Instant::now();
         let mut outbox = Outbox::default();
@@ -83,6 +96,7 @@ impl Courier {
             backoff: Backoff::LEADS,
             busy: InFlight::new(),
             metrics,
+            caps,
         }
     }
 
@@ -137,8 +151,9 @@ impl Courier {
     }
 
     /// One attempt to e-mail a lead the caller has claimed. Settles the claim: delivered
-    /// (marked in the journal), due again after a backoff delay, or parked when the e-mail
-    /// cannot be built (a bad recipient: retrying cannot help until the next start).
+    /// (marked in the journal), due again after a backoff delay, waiting for the tenant's
+    /// next hour (no delivery slot left), or parked when the e-mail cannot be built (a bad
+    /// recipient: retrying cannot help until the next start).
     pub async fn attempt(self: Arc<Self>, record: Arc<LeadRecord>) -> Outcome {
         let _busy = self.busy.enter();
         let mut claim = Claim {
@@ -149,6 +164,24 @@ impl Courier {
         let Some(mailer) = &self.mailer else {
             return Outcome::Queued;
         };
+        if self.outbox().needs_slot(&record.id) {
+            if let Err(next_hour) = self.caps.delivery_slot(&record.tenant).await {
+                self.outbox().wait_until(&record.id, next_hour);
+                claim.settled = true;
+                self.wake.notify_one();
+                let wait = next_hour.saturating_sub(self.caps.now_unix_ms());
+                log::info!(
+                    "lead {} of tenant {}: the tenant's {} e-mails of this hour are sent; the \
+                     lead stays saved and is delivered in the next hour (in {} s)",
+                    record.id,
+                    record.tenant,
+                    self.caps.per_tenant_per_hour(),
+                    wait.div_ceil(1_000)
+                );
+                return Outcome::Deferred;
+            }
+            self.outbox().slotted(&record.id);
+        }
         let context = Context {
             lead_id: &record.id,
             site: &record.site,
@@ -297,6 +330,12 @@ impl BackgroundService for DeliveryService {
         let mut running = JoinSet::new();
         let mut adopt_at = Instant::now() + ADOPT_EVERY;
         while !*shutdown.borrow() {
+            let released = courier
+                .outbox()
+                .release_waiting(courier.caps.now_unix_ms(), Instant::now());
+            if released > 0 {
+                log::info!("{released} lead(s) waiting for a new hour are due again");
+            }
             let room = PARALLEL_ATTEMPTS.saturating_sub(running.len());
             for record in courier.outbox().claim_due(Instant::now(), room) {
                 running.spawn(Arc::clone(courier).attempt(record));
@@ -306,6 +345,14 @@ impl BackgroundService for DeliveryService {
                 courier.outbox().next_due()
             } else {
                 None
+            };
+            // Waiting leads: look again at the clock soon.
+            let next_due = match courier.outbox().has_waiting() {
+                true => {
+                    let poll = Instant::now() + WAIT_POLL;
+                    Some(next_due.map_or(poll, |due| due.min(poll)))
+                }
+                false => next_due,
             };
             tokio::select! {
                 changed = shutdown.changed() => {

@@ -3,10 +3,12 @@
 //! answers the tool call with a sentence the assistant can relay.
 //!
 //! [`LeadDesk`] is the whole API. A call goes: [`lead`] (parse and validate) → [`caps`]
-//! (per-conversation and per-tenant limits) → [`journal`] (appended and flushed to disk, so
-//! no captured lead is lost) → [`delivery`] (a first attempt while the assistant waits, at
-//! most `send_timeout`; then the background service retries with [`backoff`]) → [`reply`]
-//! (the tool output). The e-mail itself is built in [`lead`] and sent by [`mailer`].
+//! (per-conversation and per-address limits, counted in the shared store) → [`journal`]
+//! (appended and flushed to disk, so no captured lead is lost) → [`delivery`] (a first
+//! attempt while the assistant waits, at most `send_timeout`, if the tenant's hourly cap has
+//! a slot left, else in a later hour; the background service retries with [`backoff`]) →
+//! [`reply`] (the tool output). The e-mail itself is built in [`lead`] and sent by
+//! [`mailer`].
 //!
 //! Every call is counted in the proxy's metrics (`leads_total{tenant,result}`).
 //!
@@ -25,15 +27,17 @@ mod segments;
 
 use std::fmt;
 use std::hash::BuildHasher;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use pingora::services::background::BackgroundService;
 use tokio::sync::oneshot;
 
 use crate::config::{LeadSettings, SmtpSettings, Tenant};
 use crate::metrics::{LeadResult, Metrics, PendingLeads};
+use crate::store::{Store, SystemClock};
 use caps::{Caps, Refusal};
 use delivery::{Courier, Outcome};
 use journal::{unix_now, Journal, LeadRecord};
@@ -50,31 +54,44 @@ pub struct LeadSource<'a> {
     pub site: &'a str,
     /// The conversation: `thread_...` or `conv_...`.
     pub conversation: &'a str,
+    /// The visitor's address, for the per-address cap; `None` when unknown.
+    pub client_ip: Option<IpAddr>,
 }
 
 /// Captures leads and gets them delivered; one per process, shared by all requests.
 pub struct LeadDesk {
     courier: Arc<Courier>,
-    caps: Mutex<Caps>,
+    caps: Arc<Caps>,
     send_timeout: Duration,
     metrics: Arc<Metrics>,
 }
 
 impl LeadDesk {
     /// Open the journal in settings.dir (replaying pending leads), build the mailer if SMTP
-    /// is configured. Captures are counted in a registry of the desk's own.
+    /// is configured. Captures are counted in a registry of the desk's own, caps in a store
+    /// of its own on the machine's clock.
     pub fn open(
         settings: &LeadSettings,
         smtp: Option<&SmtpSettings>,
     ) -> Result<Arc<LeadDesk>, OpenError> {
-        LeadDesk::open_with_metrics(settings, smtp, Arc::new(Metrics::new()))
+        LeadDesk::open_with_store(settings, smtp, Store::local(SystemClock::shared()))
     }
 
-    /// [`LeadDesk::open`], counting captures in `metrics`.
+    /// [`LeadDesk::open`], counting caps in `store` (and on its clock).
+    pub fn open_with_store(
+        settings: &LeadSettings,
+        smtp: Option<&SmtpSettings>,
+        store: Store,
+    ) -> Result<Arc<LeadDesk>, OpenError> {
+        LeadDesk::open_with_metrics(settings, smtp, Arc::new(Metrics::new()), store)
+    }
+
+    /// [`LeadDesk::open_with_store`], counting captures in `metrics`.
     pub(crate) fn open_with_metrics(
         settings: &LeadSettings,
         smtp: Option<&SmtpSettings>,
         metrics: Arc<Metrics>,
+        store: Store,
     ) -> Result<Arc<LeadDesk>, OpenError> {
         let mailer = smtp.map(Mailer::new).transpose().map_err(OpenError::Smtp)?;
         let (journal, pending) = Journal::open(&settings.dir).map_err(OpenError::Journal)?;
@@ -92,20 +109,26 @@ impl LeadDesk {
                 pending.len()
             );
         }
+        let caps = Arc::new(Caps::new(settings, store));
+        let courier = Courier::new(
+            journal,
+            pending,
+            mailer,
+            Arc::clone(&metrics),
+            Arc::clone(&caps),
+        );
         Ok(Arc::new(LeadDesk {
-            courier: Arc::new(Courier::new(journal, pending, mailer, Arc::clone(&metrics))),
-            caps: Mutex::new(Caps::new(
-                settings.max_per_conversation,
-                settings.max_per_tenant_per_hour,
-            )),
+            courier: Arc::new(courier),
+            caps,
             send_timeout: settings.send_timeout,
             metrics,
         }))
     }
 
     /// Handle one lead-tool call whose raw `arguments` string came from the model: validate,
-    /// check caps, journal (fsync), try to deliver for at most settings.send_timeout (the
-    /// attempt goes on in the background if it takes longer), and return the tool output
+    /// check the visitor caps, journal (fsync), try to deliver for at most
+    /// settings.send_timeout (the attempt goes on in the background if it takes longer, or
+    /// in a later hour when the tenant's hourly cap is reached), and return the tool output
     /// sentence. Never panics, never fails.
     pub async fn capture(&self, source: &LeadSource<'_>, arguments: &str) -> String {
         let (result, output) = self.take(source, arguments).await;
@@ -130,21 +153,24 @@ impl LeadDesk {
                 );
             }
         };
-        let admitted = self.caps.lock().unwrap_or_else(|p| p.into_inner()).admit(
-            &tenant.name,
-            source.conversation,
-            Instant::now(),
-        );
+        let admitted = self
+            .caps
+            .admit(&tenant.name, source.conversation, source.client_ip)
+            .await;
         if let Err(refusal) = admitted {
+            let client = source
+                .client_ip
+                .map_or_else(|| "-".to_string(), |ip| ip.to_string());
             log::warn!(
-                "lead refused for tenant {} (site {}, conversation {}): {refusal:?} reached",
+                "lead refused for tenant {} (site {}, conversation {}, client {client}): \
+                 {refusal:?} reached",
                 tenant.name,
                 source.site,
                 source.conversation
             );
             let output = match refusal {
                 Refusal::Conversation { limit } => reply::conversation_cap(limit),
-                Refusal::Tenant { .. } => reply::tenant_cap(),
+                Refusal::Address { limit } => reply::address_cap(limit),
             };
             return (LeadResult::Capped, output);
         }
@@ -184,15 +210,18 @@ impl LeadDesk {
         // A task of its own: journaling and the attempt finish even if this call is dropped.
         let first_attempt = tokio::spawn(Arc::clone(&self.courier).take_in(record, saved_tx));
         let saved = saved_rx.await.unwrap_or(false);
-        let delivered = self.courier.can_send()
-            && matches!(
-                tokio::time::timeout(self.send_timeout, first_attempt).await,
-                Ok(Ok(Outcome::Delivered))
-            );
-        match (delivered, saved) {
-            (true, _) => (LeadResult::Sent, reply::sent(&email)),
-            (false, true) => (LeadResult::Queued, reply::queued(&email)),
-            (false, false) => (LeadResult::NotSaved, reply::not_saved(&email)),
+        let outcome = match self.courier.can_send() {
+            true => match tokio::time::timeout(self.send_timeout, first_attempt).await {
+                Ok(Ok(outcome)) => Some(outcome),
+                _ => None,
+            },
+            false => None,
+        };
+        match (outcome, saved) {
+            (Some(Outcome::Delivered), _) => (LeadResult::Sent, reply::sent(&email)),
+            (Some(Outcome::Deferred), true) => (LeadResult::Queued, reply::deferred(&email)),
+            (_, true) => (LeadResult::Queued, reply::queued(&email)),
+            (_, false) => (LeadResult::NotSaved, reply::not_saved(&email)),
         }
     }
 

@@ -4,7 +4,10 @@
 //! Every attempt starts with a claim ([`Outbox::claim_new`] for the attempt made while
 //! the visitor waits, [`Outbox::claim_due`] for the background service) and ends with
 //! exactly one of [`Outbox::delivered`], [`Outbox::retry_at`], [`Outbox::park`] or
-//! [`Outbox::release`].
+//! [`Outbox::release`], or [`Outbox::wait_until`] for a lead whose tenant has no delivery
+//! slot left this hour (see `caps`): it waits, neither due nor parked, until
+//! [`Outbox::release_waiting`] finds its hour begun. A lead takes its slot once
+//! ([`Outbox::needs_slot`], [`Outbox::slotted`]); retries after a failure do not take another.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +23,10 @@ struct Entry {
     /// When the next attempt is due; `None` when parked (it cannot succeed as it is).
     due: Option<Instant>,
     in_flight: bool,
+    /// Waiting for its tenant's next hour: not before this time (unix ms, the store's clock).
+    waiting: Option<u64>,
+    /// Whether it has taken its slot in the tenant's hourly delivery cap.
+    slot: bool,
 }
 
 /// Pending leads by id.
@@ -48,6 +55,8 @@ impl Outbox {
                 failures: 0,
                 due: Some(now),
                 in_flight,
+                waiting: None,
+                slot: false,
             },
         );
         record
@@ -117,7 +126,48 @@ impl Outbox {
         }
     }
 
-    /// Leads not yet delivered (in flight and parked ones included).
+    /// Whether the lead still has to take a delivery slot (see `caps`).
+    pub fn needs_slot(&self, id: &str) -> bool {
+        self.entries.get(id).is_some_and(|entry| !entry.slot)
+    }
+
+    /// The lead took its delivery slot.
+    pub fn slotted(&mut self, id: &str) {
+        if let Some(entry) = self.entries.get_mut(id) {
+            entry.slot = true;
+        }
+    }
+
+    /// The attempt found no delivery slot: the lead waits until `not_before` (unix ms on
+    /// the store's clock), when [`Outbox::release_waiting`] makes it due again.
+    pub fn wait_until(&mut self, id: &str, not_before: u64) {
+        if let Some(entry) = self.entries.get_mut(id) {
+            entry.due = None;
+            entry.in_flight = false;
+            entry.waiting = Some(not_before);
+        }
+    }
+
+    /// Makes every waiting lead whose time has come (`now_ms`, unix ms) due at `now`;
+    /// returns how many.
+    pub fn release_waiting(&mut self, now_ms: u64, now: Instant) -> usize {
+        let mut released = 0;
+        for entry in self.entries.values_mut() {
+            if entry.waiting.is_some_and(|not_before| not_before <= now_ms) {
+                entry.waiting = None;
+                entry.due = Some(now);
+                released += 1;
+            }
+        }
+        released
+    }
+
+    /// Whether any lead waits for its tenant's next hour.
+    pub fn has_waiting(&self) -> bool {
+        self.entries.values().any(|entry| entry.waiting.is_some())
+    }
+
+    /// Leads not yet delivered (in flight, waiting and parked ones included).
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -209,6 +259,39 @@ mod tests {
         assert!(outbox
             .claim_due(now + Duration::from_secs(3600), 10)
             .is_empty());
+    }
+
+    #[test]
+    fn a_waiting_lead_is_due_only_once_its_time_has_come() {
+        let now = Instant::now();
+        let mut outbox = Outbox::default();
+        let lead = outbox.claim_new(record("l1", 1), now);
+        outbox.add(record("l2", 2), now);
+        outbox.wait_until(&lead.id, 5_000);
+        assert!(outbox.has_waiting());
+        assert_eq!(outbox.len(), 2);
+        assert_eq!(ids(&outbox.claim_due(now, 10)), ["l2"], "l1 waits");
+        assert_eq!(outbox.next_due(), None);
+        assert_eq!(outbox.release_waiting(4_999, now), 0);
+        assert!(outbox.claim_due(now, 10).is_empty());
+        let later = now + Duration::from_secs(1);
+        assert_eq!(outbox.release_waiting(5_000, later), 1);
+        assert!(!outbox.has_waiting());
+        assert_eq!(outbox.next_due(), Some(later));
+        assert_eq!(ids(&outbox.claim_due(later, 10)), ["l1"]);
+    }
+
+    #[test]
+    fn a_lead_takes_its_delivery_slot_once() {
+        let now = Instant::now();
+        let mut outbox = Outbox::default();
+        let lead = outbox.claim_new(record("l1", 1), now);
+        assert!(outbox.needs_slot(&lead.id));
+        outbox.slotted(&lead.id);
+        assert!(!outbox.needs_slot(&lead.id));
+        outbox.retry_at(&lead.id, |_| now);
+        assert!(!outbox.needs_slot(&lead.id), "a retry keeps its slot");
+        assert!(!outbox.needs_slot("unknown"));
     }
 
     #[test]

@@ -36,11 +36,24 @@ pub fn conversation_cap(limit: u32) -> String {
     )
 }
 
-/// The tenant sent as many lead e-mails as allowed in the last hour.
-pub fn tenant_cap() -> String {
-    "The message was not sent: this website has sent too many messages in the last hour. \
-     Ask the visitor to try again later or to contact the team directly."
-        .to_string()
+/// The lead is saved, but the tenant's e-mails of this hour are all sent: it goes out in a
+/// later hour.
+pub fn deferred(email: &str) -> String {
+    format!(
+        "The message was saved and will be delivered to the team later: this website has \
+         received many messages in the last hour, so it goes out within the next hours. The \
+         team will reply to {email}."
+    )
+}
+
+/// The visitor's address already left as many leads today as allowed.
+pub fn address_cap(limit: u32) -> String {
+    let messages = if limit == 1 { "message" } else { "messages" };
+    format!(
+        "The message was not sent: this visitor already sent {limit} {messages} today, the \
+         most allowed. Tell the visitor the team has their earlier messages and will be in \
+         touch; do not call the tool again today."
+    )
 }
 
 /// The arguments were refused; `tool` is the name of the lead tool, to call again.

@@ -64,6 +64,17 @@ impl UpstreamRequest {
         }
     }
 
+    /// A form `POST` (`application/x-www-form-urlencoded`; `body` already encoded).
+    pub fn form(path: impl Into<String>, body: String) -> Self {
+        UpstreamRequest {
+            method: Method::POST,
+            path: path.into(),
+            body: Some(Bytes::from(body)),
+            headers: vec![("Content-Type", "application/x-www-form-urlencoded")],
+            stream: false,
+        }
+    }
+
     /// A `GET`.
     pub fn get(path: impl Into<String>) -> Self {
         UpstreamRequest {
@@ -234,7 +245,7 @@ impl UpstreamClient {
     fn request_header(
         &self,
         req: &UpstreamRequest,
-        key: &Secret,
+        key: Option<&Secret>,
     ) -> Result<RequestHeader, UpstreamError> {
         let s = &self.settings;
         let path = format!("{}{}", s.base_path, req.path);
@@ -248,8 +259,10 @@ impl UpstreamClient {
             format!("{}:{}", host_for_header(&s.host), s.port)
         };
         h.insert_header("Host", host).map_err(bad)?;
-        h.insert_header("Authorization", format!("Bearer {}", key.expose()))
-            .map_err(bad)?;
+        if let Some(key) = key {
+            h.insert_header("Authorization", format!("Bearer {}", key.expose()))
+                .map_err(bad)?;
+        }
         h.insert_header(
             "User-Agent",
             concat!("chatbot-proxy/", env!("CARGO_PKG_VERSION")),
@@ -269,8 +282,14 @@ impl UpstreamClient {
         }
         match &req.body {
             Some(body) => {
-                h.insert_header("Content-Type", "application/json")
-                    .map_err(bad)?;
+                let typed = req
+                    .headers
+                    .iter()
+                    .any(|(name, _)| name.eq_ignore_ascii_case("content-type"));
+                if !typed {
+                    h.insert_header("Content-Type", "application/json")
+                        .map_err(bad)?;
+                }
                 h.insert_header("Content-Length", body.len().to_string())
                     .map_err(bad)?;
             }
@@ -291,6 +310,23 @@ impl UpstreamClient {
         self: &Arc<Self>,
         req: &UpstreamRequest,
         key: &Secret,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        self.send_with(req, Some(key)).await
+    }
+
+    /// [`Self::send`] without an `Authorization` header, for endpoints that take their
+    /// credentials in the body (Turnstile's siteverify).
+    pub async fn send_without_key(
+        self: &Arc<Self>,
+        req: &UpstreamRequest,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        self.send_with(req, None).await
+    }
+
+    async fn send_with(
+        self: &Arc<Self>,
+        req: &UpstreamRequest,
+        key: Option<&Secret>,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let mut attempt = 0;
         loop {
@@ -339,7 +375,7 @@ impl UpstreamClient {
         &self,
         session: &mut HttpSession,
         req: &UpstreamRequest,
-        key: &Secret,
+        key: Option<&Secret>,
     ) -> Result<(), Failed> {
         let s = &self.settings;
         let header = self.request_header(req, key).map_err(Failed::final_)?;
@@ -652,6 +688,40 @@ mod tests {
         assert_eq!(second.status, 200);
         assert_eq!(connections.load(Ordering::SeqCst), 2);
         assert_eq!(requests.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_form_without_key_has_no_authorization_and_its_own_content_type() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let request = read_request(&mut conn).await.unwrap();
+            conn.write_all(OK).await.unwrap();
+            request
+        });
+        let mut settings = settings(port);
+        settings.base_path = "/turnstile/v0/siteverify".into();
+        let client = UpstreamClient::new(settings);
+        let form = UpstreamRequest::form("", "secret=s&response=t".into());
+        let resp = client.send_without_key(&form).await.unwrap();
+        assert_eq!(resp.status, 200);
+        let request = seen.await.unwrap();
+        assert!(
+            request.starts_with("POST /turnstile/v0/siteverify HTTP/1.1\r\n"),
+            "{request}"
+        );
+        let lower = request.to_ascii_lowercase();
+        assert!(!lower.contains("authorization"), "{request}");
+        assert!(
+            lower.contains("content-type: application/x-www-form-urlencoded\r\n"),
+            "{request}"
+        );
+        assert_eq!(lower.matches("content-type").count(), 1, "{request}");
+        assert!(
+            request.ends_with("\r\n\r\nsecret=s&response=t"),
+            "{request}"
+        );
     }
 
     #[tokio::test]

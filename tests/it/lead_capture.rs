@@ -767,10 +767,12 @@ fn a_pending_lead_survives_kill_9_and_is_delivered_exactly_once_after_a_restart(
 #[test]
 fn fifty_concurrent_conversations_each_get_their_own_continuation_and_email() {
     const N: usize = 50;
-    // 50 visitors' conversations, all from the test's one address: lift the per-address limits.
+    // 50 visitors' conversations, all from the test's one address: lift the per-address limits
+    // (requests, streams and the daily lead cap).
     let Rig { stub, smtp, proxy } = Setup::new().smtp().start_with_toml(|stub, smtp| {
         let unlimited = "[limits]\nrate_limit_ip = \"off\"\nmax_streams_per_ip = 0\n";
-        lead_toml(stub, smtp.port(), "").replace("[limits]\n", unlimited)
+        lead_toml(stub, smtp.port(), "max_per_address_per_day = 50")
+            .replace("[limits]\n", unlimited)
     });
     let address = |i: usize| format!("visitor-{i:02}@example.com");
     let name = |i: usize| format!("Visitor {i:02}");

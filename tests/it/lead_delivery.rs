@@ -17,6 +17,7 @@ use chatbot_proxy::config::{
     LeadSettings, Secret, SmtpSettings, SmtpTls, StreamFormat, Tenant, UpstreamApi,
 };
 use chatbot_proxy::leads::{LeadDesk, LeadSource};
+use chatbot_proxy::store::{ManualClock, Store};
 use pingora::services::background::BackgroundService;
 use tokio::sync::watch;
 
@@ -28,6 +29,11 @@ const ADA: &str = r#"{"name":"Ada Lovelace","email":"ada@example.net","message":
 const SENT: &str = "The message was sent to the team. They will reply to ada@example.net.";
 const QUEUED: &str = "The message was saved and queued for delivery; the team will receive it \
                       shortly and reply to ada@example.net.";
+const DEFERRED: &str = "The message was saved and will be delivered to the team later: this \
+                        website has received many messages in the last hour, so it goes out \
+                        within the next hours. The team will reply to ada@example.net.";
+/// 2024-03-01T10:00:00Z.
+const TEN_AM: u64 = 1_709_287_200_000;
 
 fn tenant() -> Tenant {
     Tenant {
@@ -46,6 +52,7 @@ fn tenant() -> Tenant {
         redact_run_objects: false,
         rate_limit: None,
         daily_token_budget: None,
+        turnstile_secret: None,
     }
 }
 
@@ -56,6 +63,7 @@ fn settings(dir: &Path) -> LeadSettings {
         max_per_tenant_per_hour: 100,
         max_tool_rounds: 5,
         send_timeout: Duration::from_secs(5),
+        max_per_address_per_day: 5,
     }
 }
 
@@ -76,6 +84,7 @@ fn source<'a>(tenant: &'a Tenant, conversation: &'a str) -> LeadSource<'a> {
         tenant,
         site: "https://www.example.com",
         conversation,
+        client_ip: None,
     }
 }
 
@@ -354,13 +363,18 @@ async fn invalid_arguments_are_explained_and_nothing_is_stored_or_sent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn caps_refuse_leads_over_the_limit_without_storing_or_sending_them() {
+async fn caps_refuse_a_chatty_conversation_and_defer_leads_over_the_tenants_hour() {
+    // Issue 10 changed this test: a lead over the tenant's hourly cap used to be refused and
+    // lost; now it is journaled at once and e-mailed when the next hour begins.
     let server = SmtpServer::start();
     let dir = tempfile::tempdir().unwrap();
     let mut settings = settings(dir.path());
     settings.max_per_conversation = 2;
     settings.max_per_tenant_per_hour = 3;
-    let desk = LeadDesk::open(&settings, Some(&smtp(&server))).unwrap();
+    let clock = ManualClock::new(TEN_AM);
+    let store = Store::local(clock.clone());
+    let desk = LeadDesk::open_with_store(&settings, Some(&smtp(&server)), store).unwrap();
+    let service = run_service(&desk);
     let tenant = tenant();
 
     let chatty = source(&tenant, "thread_chatty");
@@ -376,12 +390,61 @@ async fn caps_refuse_leads_over_the_limit_without_storing_or_sending_them() {
     assert_eq!(desk.capture(&source(&tenant, "thread_2"), ADA).await, SENT);
     assert_eq!(
         desk.capture(&source(&tenant, "thread_3"), ADA).await,
-        "The message was not sent: this website has sent too many messages in the last hour. \
-         Ask the visitor to try again later or to contact the team directly."
+        DEFERRED
     );
+    // Saved, not sent: three leads and three delivered marks, then the fourth lead.
+    assert_eq!(journal_lines(&settings).len(), 7);
+    assert_eq!(desk.pending_count(), 1);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(server.received().len(), 3, "nothing more within the hour");
 
+    // The next hour begins: the saved lead is e-mailed, once.
+    clock.set(TEN_AM + 3_600_000);
+    assert_eq!(wait_for(&server, 4).await.len(), 4);
+    wait_until_empty(&desk).await;
+    assert_eq!(journal_lines(&settings).len(), 8);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(server.received().len(), 4);
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_over_its_daily_cap_is_refused_honestly_and_others_are_not() {
+    let server = SmtpServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = settings(dir.path());
+    settings.max_per_address_per_day = 2;
+    let desk = LeadDesk::open(&settings, Some(&smtp(&server))).unwrap();
+    let tenant = tenant();
+    let from = |conversation, ip: &str| LeadSource {
+        client_ip: Some(ip.parse().unwrap()),
+        ..source(&tenant, conversation)
+    };
+
+    assert_eq!(
+        desk.capture(&from("thread_1", "198.51.100.9"), ADA).await,
+        SENT
+    );
+    assert_eq!(
+        desk.capture(&from("thread_2", "198.51.100.9"), ADA).await,
+        SENT
+    );
+    assert_eq!(
+        desk.capture(&from("thread_3", "198.51.100.9"), ADA).await,
+        "The message was not sent: this visitor already sent 2 messages today, the most \
+         allowed. Tell the visitor the team has their earlier messages and will be in touch; \
+         do not call the tool again today."
+    );
+    assert_eq!(
+        desk.capture(&from("thread_4", "198.51.100.10"), ADA).await,
+        SENT
+    );
     assert_eq!(server.received().len(), 3);
-    assert_eq!(journal_lines(&settings).len(), 6); // three leads, three delivered marks
+    assert_eq!(
+        journal_lines(&settings).len(),
+        6,
+        "the refused lead is not journaled"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

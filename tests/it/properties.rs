@@ -776,6 +776,7 @@ fn tenant(name: String, domains: Vec<String>) -> Tenant {
         redact_run_objects: false,
         rate_limit: None,
         daily_token_budget: None,
+        turnstile_secret: None,
     }
 }
 
