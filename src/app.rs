@@ -23,7 +23,6 @@ pub struct AppState {
     /// Requests in flight, which the drain waits for on shutdown.
     pub in_flight: Arc<InFlight>,
     /// Counters, budgets, locks and slots: shared through Redis by a fleet, or in-process.
-    // Not read here yet: the lead caps hold a handle of their own, the request limits read it.
     pub store: Store,
     /// The bot check on create-thread (Turnstile), with its own client to siteverify.
     pub bot_check: crate::turnstile::BotCheck,
