@@ -1,9 +1,9 @@
 //! The application state: everything the request handlers share, built once at start-up.
 
 use crate::config::{Config, Tenant};
+use crate::conversation::Conversations;
 use crate::leads::{LeadDesk, OpenError};
 use crate::metrics::Metrics;
-use crate::runs::ActiveRuns;
 use crate::store::{FileClock, SharedClock, Store, SystemClock};
 use crate::tenant::TenantDirectory;
 use crate::upstream::UpstreamClient;
@@ -16,7 +16,8 @@ pub struct AppState {
     pub config: Config,
     pub tenants: TenantDirectory,
     pub upstream: Arc<UpstreamClient>,
-    pub runs: Arc<ActiveRuns>,
+    /// Conversation handles, and each conversation's lock and message count.
+    pub conversations: Conversations,
     pub leads: Arc<LeadDesk>,
     pub metrics: Arc<Metrics>,
     /// Counters, budgets, locks and slots: shared through Redis by a fleet, or in-process.
@@ -39,11 +40,15 @@ impl AppState {
             metrics.store_errors(),
         )
         .map_err(StartError::Store)?;
+        let key =
+            crate::session_key::load(config.limits.session_secret.as_ref(), &config.leads.dir)
+                .map_err(StartError::Session)?;
+        let conversations = Conversations::new(key, &config.limits);
         Ok(Arc::new(AppState {
             config,
             tenants,
             upstream,
-            runs: ActiveRuns::new(),
+            conversations,
             leads,
             metrics,
             store,
@@ -80,12 +85,16 @@ pub enum StartError {
     Leads(OpenError),
     /// The shared store's settings are unusable (a malformed `REDIS_URL`).
     Store(String),
+    /// The secret that signs conversation handles cannot be read or kept.
+    Session(String),
 }
 
 impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StartError::Tenants(why) | StartError::Store(why) => f.write_str(why),
+            StartError::Tenants(why) | StartError::Store(why) | StartError::Session(why) => {
+                f.write_str(why)
+            }
             StartError::Leads(e) => e.fmt(f),
         }
     }
@@ -94,7 +103,7 @@ impl fmt::Display for StartError {
 impl std::error::Error for StartError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            StartError::Tenants(_) | StartError::Store(_) => None,
+            StartError::Tenants(_) | StartError::Store(_) | StartError::Session(_) => None,
             StartError::Leads(e) => Some(e),
         }
     }

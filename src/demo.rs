@@ -119,6 +119,10 @@ fn demo_config(listen: &str, stub_listen: &str) -> Config {
             trusted_proxies: Vec::new(),
             max_body_bytes: 32 * 1024,
             max_message_chars: 4000,
+            // conversation handles: the secret is generated in the leads directory
+            session_secret: None,
+            conversation_ttl: Duration::from_secs(24 * 3600),
+            max_messages_per_conversation: 50,
         },
         tenants: vec![Tenant {
             name: "demo".into(),
@@ -133,6 +137,7 @@ fn demo_config(listen: &str, stub_listen: &str) -> Config {
             lead_tool: "sendEmail".into(),
             stream_format: StreamFormat::OpenAi,
             redact_run_objects: false,
+            max_output_tokens: None,
         }],
         smtp: None,
         metrics_listen: None,

@@ -16,7 +16,9 @@
 //! - `turn`: one answer across upstream streams, with tool calls in between, and how the
 //!   stream ended (`StreamOutcome`).
 //! - [`leads`]: the lead tool: validation, durable journal, e-mail delivery, caps.
-//! - `runs`: one answer at a time per conversation.
+//! - `conversation`: the handles create-thread gives out and process-message checks, and one
+//!   answer at a time per conversation (a lock in the [`store`]); `session_key`: the secret
+//!   that signs handles, configured or generated once.
 //! - `app`: the state every request shares, built once at start-up.
 //! - `downstream`: deadlines on the browser side of every connection (keep-alive, header,
 //!   stalled readers); `redact`: the system prompt kept out of raw streams.
@@ -33,6 +35,7 @@
 mod app;
 pub mod client_addr;
 pub mod config;
+mod conversation;
 pub mod dialect;
 pub mod domain;
 mod downstream;
@@ -49,8 +52,8 @@ mod relay;
 pub mod request;
 mod respond;
 mod routes;
-mod runs;
 pub mod server;
+mod session_key;
 pub mod sse;
 pub mod store;
 pub mod tenant;

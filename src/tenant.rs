@@ -92,6 +92,7 @@ mod tests {
             lead_tool: "sendEmail".into(),
             stream_format: StreamFormat::OpenAi,
             redact_run_objects: false,
+            max_output_tokens: None,
         }
     }
 

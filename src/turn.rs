@@ -67,6 +67,8 @@ pub struct Turn<'a> {
     pub conversation: &'a str,
     /// The calling site's origin, for lead e-mails.
     pub site: &'a str,
+    /// The visitor as the upstream's abuse controls see them (a hash of the handle).
+    pub safety_identifier: &'a str,
 }
 
 impl Turn<'_> {
@@ -104,9 +106,13 @@ impl Turn<'_> {
             rounds += 1;
             // Leads are captured even when the browser has gone: the visitor already gave them.
             let outputs = self.answer(&round.calls).await;
-            let next = self
-                .dialect
-                .continue_turn(self.tenant, self.conversation, &round, &outputs);
+            let next = self.dialect.continue_turn(
+                self.tenant,
+                self.conversation,
+                &round,
+                &outputs,
+                self.safety_identifier,
+            );
             match self.upstream().send("submitting tool outputs", &next).await {
                 Ok(response) => {
                     if relay.client_gone() {

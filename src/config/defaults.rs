@@ -40,6 +40,9 @@ pub(crate) const MAX_LEADS_PER_TENANT_PER_HOUR: u32 = 100;
 pub(crate) const MAX_TOOL_ROUNDS: u32 = 5;
 pub(crate) const LEAD_SEND_TIMEOUT_MS: u64 = 5_000;
 pub(crate) const LEAD_TOOL: &str = "sendEmail";
+// conversation handles
+pub(crate) const CONVERSATION_TTL_HOURS: u64 = 24;
+pub(crate) const MAX_MESSAGES_PER_CONVERSATION: u32 = 50;
 
 /// Transport security when none is configured: implicit TLS on port 465, opportunistic
 /// STARTTLS on any other port.
@@ -71,6 +74,10 @@ impl Default for Limits {
             max_message_chars: MAX_MESSAGE_CHARS,
             redis_url: None,
             trusted_proxies: Vec::new(),
+            // conversation handles
+            session_secret: None,
+            conversation_ttl: Duration::from_secs(CONVERSATION_TTL_HOURS * 3600),
+            max_messages_per_conversation: MAX_MESSAGES_PER_CONVERSATION,
         }
     }
 }

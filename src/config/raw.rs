@@ -165,6 +165,11 @@ pub(crate) struct RawLimits {
     pub(crate) max_message_chars: Opt<i64>,
     pub(crate) redis_url: Opt<Secret>,
     pub(crate) trusted_proxies: Opt<List<String>>,
+    // conversation handles
+    pub(crate) session_secret: Opt<Secret>,
+    pub(crate) session_secret_env: Opt<String>,
+    pub(crate) conversation_ttl_hours: Opt<i64>,
+    pub(crate) max_messages_per_conversation: Opt<i64>,
 }
 
 /// `[smtp]`.
@@ -211,6 +216,8 @@ pub(crate) struct RawTenant {
     pub(crate) lead_tool: Opt<String>,
     pub(crate) stream_format: Opt<StreamFormat>,
     pub(crate) redact_run_objects: Opt<bool>,
+    // output tokens
+    pub(crate) max_output_tokens: Opt<i64>,
 }
 
 /// Which upstream API a tenant uses, as written in `api`.

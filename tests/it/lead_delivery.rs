@@ -44,6 +44,7 @@ fn tenant() -> Tenant {
         lead_tool: "sendEmail".into(),
         stream_format: StreamFormat::OpenAi,
         redact_run_objects: false,
+        max_output_tokens: None,
     }
 }
 

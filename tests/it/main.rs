@@ -11,6 +11,7 @@ mod smtp_server;
 
 mod client_timeouts;
 mod config_modes;
+mod handles;
 mod lead_capture;
 mod lead_delivery;
 mod logging;
