@@ -1,9 +1,9 @@
 //! The application state: everything the request handlers share, built once at start-up.
 
 use crate::config::{Config, Tenant};
+use crate::conversation::Conversations;
 use crate::leads::{LeadDesk, OpenError};
 use crate::metrics::Metrics;
-use crate::runs::ActiveRuns;
 use crate::shutdown::InFlight;
 use crate::store::{FileClock, SharedClock, Store, SystemClock};
 use crate::tenant::TenantDirectory;
@@ -17,7 +17,8 @@ pub struct AppState {
     pub config: Config,
     pub tenants: TenantDirectory,
     pub upstream: Arc<UpstreamClient>,
-    pub runs: Arc<ActiveRuns>,
+    /// Conversation handles, and each conversation's lock and message count.
+    pub conversations: Conversations,
     pub leads: Arc<LeadDesk>,
     pub metrics: Arc<Metrics>,
     /// Requests in flight, which the drain waits for on shutdown.
@@ -46,12 +47,16 @@ impl AppState {
             LeadDesk::open_with_metrics(&config.leads, smtp, Arc::clone(&metrics), store.clone())
                 .map_err(StartError::Leads)?;
         let bot_check = crate::turnstile::BotCheck::new(&config.limits.turnstile, &config.tenants);
+        let key =
+            crate::session_key::load(config.limits.session_secret.as_ref(), &config.leads.dir)
+                .map_err(StartError::Session)?;
+        let conversations = Conversations::new(key, &config.limits);
         Ok(Arc::new(AppState {
             bot_check,
             config,
             tenants,
             upstream,
-            runs: ActiveRuns::new(),
+            conversations,
             leads,
             metrics,
             in_flight: InFlight::new(),
@@ -89,12 +94,16 @@ pub enum StartError {
     Leads(OpenError),
     /// The shared store's settings are unusable (a malformed `REDIS_URL`).
     Store(String),
+    /// The secret that signs conversation handles cannot be read or kept.
+    Session(String),
 }
 
 impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StartError::Tenants(why) | StartError::Store(why) => f.write_str(why),
+            StartError::Tenants(why) | StartError::Store(why) | StartError::Session(why) => {
+                f.write_str(why)
+            }
             StartError::Leads(e) => e.fmt(f),
         }
     }
@@ -103,7 +112,7 @@ impl fmt::Display for StartError {
 impl std::error::Error for StartError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            StartError::Tenants(_) | StartError::Store(_) => None,
+            StartError::Tenants(_) | StartError::Store(_) | StartError::Session(_) => None,
             StartError::Leads(e) => Some(e),
         }
     }

@@ -119,6 +119,10 @@ fn demo_config(listen: &str, stub_listen: &str) -> Config {
         limits: Limits {
             max_body_bytes: 32 * 1024,
             max_message_chars: 4000,
+            // conversation handles: the secret is generated in the leads directory
+            session_secret: None,
+            conversation_ttl: Duration::from_secs(24 * 3600),
+            max_messages_per_conversation: 50,
             ..Limits::default()
         },
         tenants: vec![Tenant {
@@ -137,6 +141,7 @@ fn demo_config(listen: &str, stub_listen: &str) -> Config {
             rate_limit: None,
             daily_token_budget: None,
             turnstile_secret: None,
+            max_output_tokens: None,
         }],
         smtp: None,
         metrics_listen: None,

@@ -112,7 +112,19 @@ impl ApiError {
         Self::new(
             400,
             "invalid_thread_id",
-            format!("The thread id is malformed: it must match {rule}."),
+            format!(
+                "The thread id is malformed: send the id that create-thread answered (it must \
+                 match {rule})."
+            ),
+        )
+    }
+
+    /// A conversation handle that is not genuine, belongs to another site, or has expired.
+    pub fn conversation_not_found() -> Self {
+        Self::new(
+            404,
+            "conversation_not_found",
+            "No such conversation, or it has expired: start a new one with create-thread.",
         )
     }
 

@@ -11,7 +11,7 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use ring::hmac;
+use ring::{digest, hmac};
 use std::fmt;
 
 /// Bytes of the HMAC kept in a handle (128 bits).
@@ -20,6 +20,19 @@ const MAC_LEN: usize = 16;
 const TIME_LEN: usize = 8;
 /// The shortest secret accepted.
 pub const MIN_SECRET_LEN: usize = 32;
+/// Characters of a handle's token: base64url of the time and the MAC, without padding.
+pub const TOKEN_CHARS: usize = (TIME_LEN + MAC_LEN) / 3 * 4;
+/// The longest `safety_identifier` OpenAI accepts.
+const SAFETY_ID_CHARS: usize = 64;
+
+/// A verified handle: the upstream conversation and when the handle was issued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opened<'h> {
+    /// The upstream conversation id (`thread_...`, `conv_...`).
+    pub id: &'h str,
+    /// When the handle was issued, unix seconds.
+    pub issued: u64,
+}
 
 /// The key that signs and checks handles.
 pub struct HandleKey {
@@ -91,8 +104,21 @@ impl HandleKey {
         now: u64,
         ttl_seconds: u64,
     ) -> Result<&'h str, HandleError> {
+        self.open(handle, tenant, now, ttl_seconds)
+            .map(|opened| opened.id)
+    }
+
+    /// [`verify`](Self::verify), also telling when the handle was issued (so the caller knows
+    /// how long the conversation has left).
+    pub fn open<'h>(
+        &self,
+        handle: &'h str,
+        tenant: &str,
+        now: u64,
+        ttl_seconds: u64,
+    ) -> Result<Opened<'h>, HandleError> {
         let (id, token) = handle.rsplit_once('.').ok_or(HandleError::Malformed)?;
-        if id.is_empty() || token.len() != 32 {
+        if id.is_empty() || token.len() != TOKEN_CHARS {
             return Err(HandleError::Malformed);
         }
         let token = URL_SAFE_NO_PAD
@@ -113,8 +139,19 @@ impl HandleKey {
         if issued > now + 300 || now.saturating_sub(issued) > ttl_seconds {
             return Err(HandleError::Expired);
         }
-        Ok(id)
+        Ok(Opened { id, issued })
     }
+}
+
+/// What the Responses API's `safety_identifier` carries for the visitor holding `handle`: the
+/// hex SHA-256 of the handle (at most 64 characters), so OpenAI's abuse controls can act on
+/// one visitor's conversation rather than on the tenant's whole organisation, without ever
+/// seeing the handle (which would let anyone post into that conversation).
+pub fn safety_identifier(handle: &str) -> String {
+    let hash = digest::digest(&digest::SHA256, handle.as_bytes());
+    let mut hex: String = hash.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    hex.truncate(SAFETY_ID_CHARS);
+    hex
 }
 
 #[cfg(test)]
@@ -212,6 +249,39 @@ mod tests {
         assert!(key(1)
             .verify(&format!("bc.{token}"), "a", NOW, DAY)
             .is_err());
+    }
+
+    #[test]
+    fn open_tells_when_the_handle_was_issued() {
+        let handle = key(1).issue("acme", "conv_9f8e", NOW);
+        let (_, token) = handle.rsplit_once('.').unwrap();
+        assert_eq!(token.len(), TOKEN_CHARS);
+        assert_eq!(
+            key(1).open(&handle, "acme", NOW + 60, DAY),
+            Ok(Opened {
+                id: "conv_9f8e",
+                issued: NOW
+            })
+        );
+    }
+
+    #[test]
+    fn the_safety_identifier_is_a_hash_that_hides_the_handle() {
+        let handle = key(1).issue("acme", "conv_9f8e", NOW);
+        let id = safety_identifier(&handle);
+        assert_eq!(id.len(), 64);
+        assert!(id
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert!(!id.contains("conv_9f8e") && !handle.contains(&id));
+        assert_eq!(id, safety_identifier(&handle), "stable for one visitor");
+        let other = key(1).issue("acme", "conv_9f8e", NOW + 1);
+        assert_ne!(id, safety_identifier(&other), "one per handle");
+        // SHA-256 of "abc" (FIPS 180-2, appendix B.1).
+        assert_eq!(
+            safety_identifier("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 
     #[test]

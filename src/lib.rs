@@ -16,9 +16,11 @@
 //! - `turn`: one answer across upstream streams, with tool calls in between, and how the
 //!   stream ended (`StreamOutcome`).
 //! - [`leads`]: the lead tool: validation, durable journal, e-mail delivery, caps.
-//! - `runs`: one answer at a time per conversation.
 //! - `budget`: daily token budgets per tenant; `cancel`: stopping upstream work nobody will
 //!   read (a visitor who left, an answer cut short).
+//! - `conversation`: the handles create-thread gives out and process-message checks, and one
+//!   answer at a time per conversation (a lock in the [`store`]); `session_key`: the secret
+//!   that signs handles, configured or generated once.
 //! - `app`: the state every request shares, built once at start-up.
 //! - `downstream`: deadlines on the browser side of every connection (keep-alive, header,
 //!   stalled readers); `redact`: the system prompt kept out of raw streams.
@@ -40,6 +42,7 @@ mod budget;
 mod cancel;
 pub mod client_addr;
 pub mod config;
+mod conversation;
 pub mod dialect;
 pub mod domain;
 mod downstream;
@@ -57,8 +60,8 @@ mod relay;
 pub mod request;
 mod respond;
 mod routes;
-mod runs;
 pub mod server;
+mod session_key;
 pub mod shutdown;
 pub mod sse;
 pub mod store;

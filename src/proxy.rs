@@ -211,7 +211,8 @@ impl ChatbotProxy {
         }
     }
 
-    /// `create-thread`: a new conversation upstream, answered with `thread_id` beside `id`.
+    /// `create-thread`: a new conversation upstream, answered with its handle (see
+    /// [`crate::conversation`]) as `id` and `thread_id`.
     async fn create_thread(
         &self,
         session: &mut Session,
@@ -239,7 +240,10 @@ impl ChatbotProxy {
             .filter(|id| dialect.id_rule().accepts(id))
             .map(str::to_string)
             .ok_or_else(|| ApiError::upstream_error("the new conversation has no valid id"))?;
-        thread["thread_id"] = Value::String(id);
+        let now_ms = self.state.store.clock().now_unix_ms();
+        let handle = self.state.conversations.issue(&tenant.name, &id, now_ms);
+        thread["id"] = Value::String(handle.clone());
+        thread["thread_id"] = Value::String(handle);
         let body = thread.to_string().into_bytes();
         Ok(respond::json(session, 200, body, ctx.cors(), &[]).await)
     }
@@ -257,18 +261,23 @@ impl ChatbotProxy {
         let deadline = self.state.config.server.timeouts.request_body;
         let body = read_body(session, limits.max_body_bytes, deadline).await?;
         let turn = parse_process_message(&body, limits.max_message_chars, dialect.id_rule())?;
-        let _busy = self
-            .state
-            .runs
-            .try_start(&tenant.name, &turn.thread_id)
-            .ok_or_else(ApiError::run_active)?;
+        // The handle names the conversation: nothing goes upstream for one that is not genuine,
+        // is busy, or has taken its messages.
+        let now_ms = self.state.store.clock().now_unix_ms();
+        let conversations = &self.state.conversations;
+        let conversation = conversations.open(&tenant.name, &turn.thread_id, now_ms)?;
+        let lock = conversations
+            .admit(&self.state.store, &tenant.name, &conversation)
+            .await?;
+        let safety_identifier = crate::handle::safety_identifier(&turn.thread_id);
+        let id = conversation.id;
 
         let call = self.state.upstream_call(tenant);
-        if let Some(prepare) = dialect.prepare_turn(&turn.thread_id, &turn.message) {
+        if let Some(prepare) = dialect.prepare_turn(id, &turn.message) {
             let prepared = call.read_all("adding the message", &prepare).await;
             or_api_error(prepared, dialect, true).await?;
         }
-        let start = dialect.start_turn(tenant, &turn.thread_id, &turn.message);
+        let start = dialect.start_turn(tenant, id, &turn.message, &safety_identifier);
         let started = call.send("starting an answer", &start).await;
         let upstream = or_api_error(started, dialect, true).await?;
 
@@ -296,14 +305,16 @@ impl ChatbotProxy {
         if tenant.redact_run_objects {
             relay.redact_run_objects();
         }
+        relay.hold_until_end(lock);
         let _streaming = self.state.metrics.stream_started();
         let turn = Turn {
             state: &self.state,
             tenant,
             dialect,
-            conversation: &turn.thread_id,
+            conversation: id,
             site: &site,
             client_ip: ctx.client_ip,
+            safety_identifier: &safety_identifier,
         };
         ctx.outcome = Some(turn.stream(&mut relay, upstream).await);
         if let Some(at) = relay.first_text {

@@ -11,6 +11,7 @@ use crate::dialect::{Dialect, EventReader, Signal};
 use crate::redact::RunObjectRedactor;
 use crate::respond;
 use crate::sse::{encode_event, SseParser};
+use crate::store::Held;
 use crate::upstream::{UpstreamError, UpstreamResponse};
 use crate::widget;
 use bytes::Bytes;
@@ -70,6 +71,9 @@ pub struct Relay<'s> {
     client_gone: bool,
     /// When the first text of the answer was written to the client (time to first token).
     pub first_text: Option<Instant>,
+    /// The conversation's lock: freed before the stream's last byte, so a browser that sends
+    /// its next message as soon as this answer ended never finds it still locked.
+    lock: Option<Held>,
 }
 
 impl<'s> Relay<'s> {
@@ -100,12 +104,18 @@ impl<'s> Relay<'s> {
             client_gone: false,
             redactor: None,
             first_text: None,
+            lock: None,
         })
     }
 
     /// Blank `instructions` and `tools` in the run objects of the raw framing.
     pub fn redact_run_objects(&mut self) {
         self.redactor = Some(RunObjectRedactor::default());
+    }
+
+    /// Keep the conversation's lock until the stream ends (see [`Relay::finish`]).
+    pub fn hold_until_end(&mut self, lock: Held) {
+        self.lock = Some(lock);
     }
 
     pub fn framing(&self) -> Framing {
@@ -249,8 +259,11 @@ impl<'s> Relay<'s> {
         self.finish().await;
     }
 
-    /// End the response body.
+    /// End the response body, freeing the conversation's lock first.
     pub async fn finish(&mut self) {
+        if let Some(lock) = self.lock.take() {
+            lock.release().await;
+        }
         if self.client_gone {
             return;
         }

@@ -2,15 +2,19 @@
 //!
 //! Pure: bytes in, a [`ProcessMessage`] or an [`ApiError`] out. The thread-id rule depends on
 //! the upstream dialect (Assistants `thread_...`, Conversations `conv_...`), so the caller
-//! passes it in as an [`IdRule`].
+//! passes it in as an [`IdRule`]. The widget sends the conversation handle that create-thread
+//! answered (`<id>.<token>`, see [`crate::handle`]): here only its shape is checked (400
+//! `invalid_thread_id`); whether it is genuine is the signature's business (404).
 
 use crate::errors::ApiError;
+use crate::handle::TOKEN_CHARS;
 use serde_json::Value;
 
 /// A validated `process-message` request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessMessage {
-    /// The conversation to add the message to (already checked against the id rule).
+    /// The conversation to add the message to, as sent: a handle, or at least shaped like one
+    /// (checked with [`IdRule::accepts_handle`]).
     pub thread_id: String,
     /// The user's message, as typed.
     pub message: String,
@@ -42,6 +46,31 @@ impl IdRule {
     /// The rule as a regular expression, for error messages.
     pub fn describe(&self) -> String {
         format!("^{}[A-Za-z0-9]{{1,{}}}$", self.prefix, self.max_len)
+    }
+
+    /// Whether `value` is shaped like a conversation handle of this API: an id that follows
+    /// the rule, then `.` and a token of [`TOKEN_CHARS`] base64url characters. A bare id
+    /// passes too (it is refused later as an unknown conversation, like a forged handle), so
+    /// that only values that could never name a conversation are "malformed".
+    pub fn accepts_handle(&self, value: &str) -> bool {
+        match value.rsplit_once('.') {
+            Some((id, token)) => {
+                self.accepts(id)
+                    && token.len() == TOKEN_CHARS
+                    && token
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            }
+            None => self.accepts(value),
+        }
+    }
+
+    /// The handle's shape as a regular expression, for error messages.
+    pub fn describe_handle(&self) -> String {
+        format!(
+            "^{}[A-Za-z0-9]{{1,{}}}\\.[A-Za-z0-9_-]{{{TOKEN_CHARS}}}$",
+            self.prefix, self.max_len
+        )
     }
 }
 
@@ -77,8 +106,8 @@ pub fn parse_process_message(
     let Value::String(thread_id) = thread_id else {
         return Err(ApiError::invalid_request("`threadId` must be a string."));
     };
-    if !rule.accepts(thread_id) {
-        return Err(ApiError::invalid_thread_id(&rule.describe()));
+    if !rule.accepts_handle(thread_id) {
+        return Err(ApiError::invalid_thread_id(&rule.describe_handle()));
     }
 
     let message = match fields.get("message") {
@@ -183,5 +212,31 @@ mod tests {
         let ok = format!("thread_{}", "a".repeat(64));
         let body = serde_json::json!({"threadId": ok, "message": "hi"}).to_string();
         assert!(parse(&body).is_ok());
+    }
+
+    #[test]
+    fn handles_pass_by_shape_and_their_token_cannot_smuggle_anything() {
+        let token = "AAAAAGrz4kBx-_9zQ0123456789abcde";
+        assert_eq!(token.len(), TOKEN_CHARS);
+        let handle = format!("thread_abc.{token}");
+        let body = serde_json::json!({"threadId": handle, "message": "hi"}).to_string();
+        assert_eq!(parse(&body).unwrap().thread_id, handle);
+        for bad in [
+            format!("thread_abc.{}", &token[1..]),
+            format!("thread_abc.{token}A"),
+            format!("thread_abc.{}/", &token[1..]),
+            format!("thread_abc.{}=", &token[1..]),
+            format!("thread_abc.{}%", &token[1..]),
+            format!("thread_a.bc.{token}"),
+            format!("thread_.{token}"),
+            format!("thread_ab/c.{token}"),
+            format!(".{token}"),
+            "thread_abc.".to_string(),
+        ] {
+            let body = serde_json::json!({"threadId": bad, "message": "hi"}).to_string();
+            assert_eq!(code(&body), "invalid_thread_id", "{bad}");
+        }
+        let err = parse(r#"{"threadId":"thread_a/b","message":"hi"}"#).unwrap_err();
+        assert!(err.message.contains("create-thread"), "{}", err.message);
     }
 }

@@ -74,6 +74,8 @@ pub struct Turn<'a> {
     pub site: &'a str,
     /// The visitor's address, for the per-address lead cap.
     pub client_ip: Option<std::net::IpAddr>,
+    /// The visitor as the upstream's abuse controls see them (a hash of the handle).
+    pub safety_identifier: &'a str,
 }
 
 impl Turn<'_> {
@@ -119,9 +121,13 @@ impl Turn<'_> {
             rounds += 1;
             // Leads are captured even when the browser has gone: the visitor already gave them.
             let outputs = self.answer(&round.calls).await;
-            let next = self
-                .dialect
-                .continue_turn(self.tenant, self.conversation, &round, &outputs);
+            let next = self.dialect.continue_turn(
+                self.tenant,
+                self.conversation,
+                &round,
+                &outputs,
+                self.safety_identifier,
+            );
             match self.upstream().send("submitting tool outputs", &next).await {
                 Ok(response) => {
                     if relay.client_gone() {

@@ -132,6 +132,15 @@ pub(crate) const LEADS_PER_ADDRESS_PER_DAY: Bounds = bounds(
 );
 // bot check (Turnstile)
 pub(crate) const TURNSTILE_TIMEOUT_MS: Bounds = bounds(1, 60_000, d::TURNSTILE_TIMEOUT_MS, MS);
+// conversation handles
+pub(crate) const CONVERSATION_TTL_HOURS: Bounds =
+    bounds(1, 24 * 90, d::CONVERSATION_TTL_HOURS, "hours");
+pub(crate) const MESSAGES_PER_CONVERSATION: Bounds = bounds(
+    1,
+    100_000,
+    d::MAX_MESSAGES_PER_CONVERSATION as u64,
+    "messages",
+);
 
 /// An integer inside `bounds`.
 pub(crate) fn in_bounds(value: i64, bounds: &Bounds, at: &At) -> Result<u64, ConfigError> {
@@ -383,6 +392,36 @@ pub(crate) fn turnstile_secret(raw: &str, what: &str, at: &At) -> Result<Secret,
         return Err(at.err(format!(
             "{what} contains spaces, line breaks or non-ASCII characters (value not shown): \
              paste the secret key again as one word"
+        )));
+    }
+    Ok(Secret::new(secret))
+}
+
+/// `tenants[i].max_output_tokens` / `MAX_OUTPUT_TOKENS`: 16 (OpenAI refuses fewer) to 1,000,000.
+/// There is no default: without the setting the upstream's own limit applies.
+pub(crate) fn output_tokens(value: i64, at: &At) -> Result<u32, ConfigError> {
+    const MIN: i64 = 16;
+    const MAX: i64 = 1_000_000;
+    if !(MIN..=MAX).contains(&value) {
+        return Err(at.err(format!(
+            "{value} is out of range: use a number of tokens from {MIN} to {MAX}, or remove the \
+             setting to leave the limit to the upstream"
+        )));
+    }
+    Ok(value as u32)
+}
+
+/// `limits.session_secret` / `SESSION_SECRET` (or the variable `session_secret_env` names):
+/// at least [`crate::handle::MIN_SECRET_LEN`] bytes once trimmed. Only its length is ever shown.
+pub(crate) fn session_secret(raw: &str, what: &str, at: &At) -> Result<Secret, ConfigError> {
+    let secret = raw.trim();
+    let min = crate::handle::MIN_SECRET_LEN;
+    if secret.len() < min {
+        return Err(at.err(format!(
+            "{what} is {} bytes long (value not shown), but conversation handles need a secret \
+             of at least {min} bytes: generate one with `openssl rand -hex 32`, or remove the \
+             setting to have one generated and kept in the leads directory",
+            secret.len()
         )));
     }
     Ok(Secret::new(secret))

@@ -59,6 +59,9 @@ pub(crate) const MAX_LEADS_PER_ADDRESS_PER_DAY: u32 = 5;
 pub(crate) const TURNSTILE_VERIFY_URL: &str =
     "https://challenges.cloudflare.com/turnstile/v0/siteverify";
 pub(crate) const TURNSTILE_TIMEOUT_MS: u64 = 3_000;
+// conversation handles
+pub(crate) const CONVERSATION_TTL_HOURS: u64 = 24;
+pub(crate) const MAX_MESSAGES_PER_CONVERSATION: u32 = 50;
 
 /// Transport security when none is configured: implicit TLS on port 465, opportunistic
 /// STARTTLS on any other port.
@@ -91,6 +94,10 @@ impl Default for Limits {
             max_message_chars: MAX_MESSAGE_CHARS,
             redis_url: None,
             trusted_proxies: Vec::new(),
+            // conversation handles
+            session_secret: None,
+            conversation_ttl: Duration::from_secs(CONVERSATION_TTL_HOURS * 3600),
+            max_messages_per_conversation: MAX_MESSAGES_PER_CONVERSATION,
             // request limits
             rate_limit_ip: Some(RATE_LIMIT_IP),
             max_streams_per_ip: MAX_STREAMS_PER_IP,

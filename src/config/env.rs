@@ -164,6 +164,7 @@ pub fn from_env_map(env: &HashMap<String, String>) -> Result<Config, ConfigError
     // bot check (Turnstile)
     let turnstile_secrets = secret_strings(env, TURNSTILE_SECRETS)?;
     one_or_all(TURNSTILE_SECRETS, turnstile_secrets.len(), n)?;
+    let output_tokens = max_output_tokens(env, n)?;
 
     let tenants = (0..n).map(|i| {
         let domain = Val::var(format!("{DOMAINS}[{i}]"), domains[i].clone());
@@ -203,6 +204,7 @@ pub fn from_env_map(env: &HashMap<String, String>) -> Result<Config, ConfigError
                     value: Secret::new(entry.value),
                     from: entry.from,
                 }),
+            max_output_tokens: output_tokens.get(i).cloned().flatten(),
             ..RawTenant::default()
         };
         Val::var(format!("{DOMAINS}[{i}]"), tenant)
@@ -237,6 +239,11 @@ pub fn from_env_map(env: &HashMap<String, String>) -> Result<Config, ConfigError
             // bot check (Turnstile)
             turnstile_verify_url: text(env, "TURNSTILE_VERIFY_URL"),
             turnstile_timeout_ms: int(env, "TURNSTILE_TIMEOUT_MS")?,
+            // conversation handles
+            session_secret: var(env, "SESSION_SECRET")
+                .map(|secret| Val::var("SESSION_SECRET", Secret::new(secret))),
+            conversation_ttl_hours: int(env, "CONVERSATION_TTL_HOURS")?,
+            max_messages_per_conversation: int(env, "MAX_MESSAGES_PER_CONVERSATION")?,
             ..RawLimits::default()
         },
         smtp: smtp(env)?,
@@ -294,6 +301,62 @@ fn smtp(env: &HashMap<String, String>) -> Result<Opt<RawSmtp>, ConfigError> {
         ..RawSmtp::default()
     };
     Ok(Some(Val::var("SMTP_HOST", smtp)))
+}
+
+// output tokens
+/// `MAX_OUTPUT_TOKENS` for each of the `domains` tenants: one whole number for every tenant
+/// (`1024`), or a JSON array of whole numbers, `null` for a tenant without a limit, holding one
+/// entry for every domain or one per domain (`[1024, null]`). Unset: no limit anywhere.
+fn max_output_tokens(
+    env: &HashMap<String, String>,
+    domains: usize,
+) -> Result<Vec<Opt<i64>>, ConfigError> {
+    const NAME: &str = "MAX_OUTPUT_TOKENS";
+    const SHAPE: &str = "write one whole number for every domain, e.g. MAX_OUTPUT_TOKENS=1024, \
+                         or a JSON array matched by position with DOMAINS (null: no limit), \
+                         e.g. MAX_OUTPUT_TOKENS='[1024, null]'";
+    let Some(raw) = var(env, NAME) else {
+        return Ok(Vec::new());
+    };
+    if let Ok(number) = raw.parse::<i64>() {
+        return Ok(vec![Some(Val::var(NAME, number)); domains]);
+    }
+    let Ok(Value::Array(items)) = serde_json::from_str::<Value>(raw) else {
+        return Err(ConfigError::new(
+            NAME,
+            format!(
+                "is neither a whole number nor a JSON array of them (got {}): {SHAPE}",
+                check::shown(raw)
+            ),
+        ));
+    };
+    one_or_all(NAME, items.len(), domains)?;
+    let mut caps = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let name = format!("{NAME}[{i}]");
+        let got = match item {
+            Value::Null => {
+                caps.push(None);
+                continue;
+            }
+            Value::Number(n) => match n.as_i64() {
+                Some(number) => {
+                    caps.push(Some(Val::var(name, number)));
+                    continue;
+                }
+                None => n.to_string(),
+            },
+            other => check::json_kind(other).to_string(),
+        };
+        return Err(ConfigError::new(
+            name,
+            format!("is {got}, not a whole number or null: {SHAPE}"),
+        ));
+    }
+    Ok(match caps.as_slice() {
+        [one] => vec![one.clone(); domains],
+        _ => caps,
+    })
 }
 
 /// The entry of a one-or-all list for tenant `i`: none, the only one, or the `i`-th; named
@@ -1432,6 +1495,101 @@ mod tests {
         );
         let err = err_of(&two_sites(&[("OPENAI_RESOLVE", "[1]")]));
         assert!(err.starts_with("OPENAI_RESOLVE[0]: is a number"), "{err}");
+    }
+
+    // conversation handles
+    #[test]
+    fn session_secret_and_conversation_limits_from_env() {
+        let config = from_env_map(&two_sites(&[])).unwrap();
+        assert_eq!(config.limits.session_secret, None);
+        assert_eq!(config.limits.conversation_ttl.as_secs(), 24 * 3600);
+        assert_eq!(config.limits.max_messages_per_conversation, 50);
+        let secret = "0123456789abcdef0123456789abcdef";
+        let config = from_env_map(&two_sites(&[
+            ("SESSION_SECRET", secret),
+            ("CONVERSATION_TTL_HOURS", "2"),
+            ("MAX_MESSAGES_PER_CONVERSATION", "7"),
+        ]))
+        .unwrap();
+        assert_eq!(config.limits.session_secret, Some(Secret::new(secret)));
+        assert_eq!(config.limits.conversation_ttl.as_secs(), 2 * 3600);
+        assert_eq!(config.limits.max_messages_per_conversation, 7);
+
+        let short = "tooShortSecret-31-bytes-xxxxxxx";
+        let err = err_of(&two_sites(&[("SESSION_SECRET", short)]));
+        assert!(
+            err.starts_with("SESSION_SECRET: the secret is 31 bytes long"),
+            "{err}"
+        );
+        assert!(!err.contains(short), "{err}");
+        let err = err_of(&two_sites(&[("CONVERSATION_TTL_HOURS", "0")]));
+        assert!(err.starts_with("CONVERSATION_TTL_HOURS:"), "{err}");
+        let err = err_of(&two_sites(&[("MAX_MESSAGES_PER_CONVERSATION", "x")]));
+        assert!(err.starts_with("MAX_MESSAGES_PER_CONVERSATION:"), "{err}");
+    }
+
+    // output tokens
+    #[test]
+    fn max_output_tokens_for_every_tenant_or_by_position() {
+        let caps = |value: &str| -> Vec<Option<u32>> {
+            let config = from_env_map(&two_sites(&[("MAX_OUTPUT_TOKENS", value)])).unwrap();
+            config.tenants.iter().map(|t| t.max_output_tokens).collect()
+        };
+        let none = from_env_map(&two_sites(&[])).unwrap();
+        assert!(none.tenants.iter().all(|t| t.max_output_tokens.is_none()));
+        assert_eq!(caps("1024"), [Some(1024), Some(1024)]);
+        assert_eq!(caps("[512]"), [Some(512), Some(512)]);
+        assert_eq!(caps("[512, null]"), [Some(512), None]);
+        assert_eq!(caps("[null, 64]"), [None, Some(64)]);
+
+        let err = err_of(&two_sites(&[("MAX_OUTPUT_TOKENS", "[1, 2, 3]")]));
+        assert!(
+            err.starts_with("MAX_OUTPUT_TOKENS: DOMAINS has 2 entries but MAX_OUTPUT_TOKENS has 3"),
+            "{err}"
+        );
+        let err = err_of(&two_sites(&[("MAX_OUTPUT_TOKENS", "[512, \"x\"]")]));
+        assert!(
+            err.starts_with("MAX_OUTPUT_TOKENS[1]: is a string, not a whole number"),
+            "{err}"
+        );
+        let err = err_of(&two_sites(&[("MAX_OUTPUT_TOKENS", "[1.5]")]));
+        assert!(err.starts_with("MAX_OUTPUT_TOKENS[0]: is 1.5"), "{err}");
+        let err = err_of(&two_sites(&[("MAX_OUTPUT_TOKENS", "lots")]));
+        assert!(
+            err.starts_with("MAX_OUTPUT_TOKENS: is neither a whole number"),
+            "{err}"
+        );
+        let err = err_of(&two_sites(&[("MAX_OUTPUT_TOKENS", "[512, 8]")]));
+        assert!(
+            err.starts_with("MAX_OUTPUT_TOKENS[1]: 8 is out of range"),
+            "{err}"
+        );
+        let err = err_of(&two_sites(&[("MAX_OUTPUT_TOKENS", "0")]));
+        assert!(
+            err.starts_with("MAX_OUTPUT_TOKENS: 0 is out of range"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_commented_examples_of_handles_and_output_tokens_work() {
+        let text = include_str!("../../conf/example.env")
+            .replace("# SESSION_SECRET=", "SESSION_SECRET=")
+            .replace("# CONVERSATION_TTL_HOURS=", "CONVERSATION_TTL_HOURS=")
+            .replace(
+                "# MAX_MESSAGES_PER_CONVERSATION=",
+                "MAX_MESSAGES_PER_CONVERSATION=",
+            )
+            .replace("# MAX_OUTPUT_TOKENS='", "MAX_OUTPUT_TOKENS='");
+        let vars: HashMap<String, String> = super::super::dotenv::parse(&text)
+            .vars
+            .into_iter()
+            .collect();
+        let config = from_env_map(&vars).unwrap();
+        assert!(config.limits.session_secret.is_some());
+        assert_eq!(config.limits.max_messages_per_conversation, 50);
+        let caps: Vec<_> = config.tenants.iter().map(|t| t.max_output_tokens).collect();
+        assert_eq!(caps, [Some(1024), None]);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use super::validate::{self, line_of, Source};
 const EXAMPLE_FILE: &str = include_str!("../../conf/chatbot-proxy.toml");
 
 /// Keys whose values are secrets: a parser error on their line is checked for leaks.
-const SECRET_KEYS: [&str; 2] = ["api_key", "password"];
+const SECRET_KEYS: [&str; 3] = ["api_key", "password", "session_secret"];
 
 /// Parses and validates a TOML configuration.
 ///
@@ -1731,6 +1731,101 @@ tools = [
             "{err}"
         );
         assert!(err.contains("connect_timeout_ms (1000)"), "{err}");
+    }
+
+    // conversation handles
+    #[test]
+    fn session_secret_from_the_file_or_a_variable() {
+        let secret = "s3cret-s3cret-s3cret-s3cret-s3cret";
+        let config = load(&format!(
+            "[limits]\nsession_secret = \"{secret}\"\nconversation_ttl_hours = 48\n\
+             max_messages_per_conversation = 3\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(config.limits.session_secret, Some(Secret::new(secret)));
+        assert_eq!(
+            config.limits.conversation_ttl,
+            Duration::from_secs(48 * 3600)
+        );
+        assert_eq!(config.limits.max_messages_per_conversation, 3);
+        let text = format!("[limits]\nsession_secret_env = \"HANDLE_KEY\"\n{MINIMAL}");
+        let config = from_toml_str(&text, FILE, &env(&[("HANDLE_KEY", secret)])).unwrap();
+        assert_eq!(config.limits.session_secret, Some(Secret::new(secret)));
+
+        let err = load_err(&format!(
+            "[limits]\nsession_secret = \"short-one\"\n{MINIMAL}"
+        ));
+        assert!(
+            err.starts_with(
+                "chatbot-proxy.toml line 2: limits.session_secret: the secret is 9 bytes"
+            ),
+            "{err}"
+        );
+        assert!(!err.contains("short-one"), "{err}");
+        let err = from_toml_str(&text, FILE, &env(&[("HANDLE_KEY", "short-two")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("limits.session_secret_env: the secret in HANDLE_KEY is 9 bytes"),
+            "{err}"
+        );
+        assert!(!err.contains("short-two"), "{err}");
+        let err = from_toml_str(&text, FILE, &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("HANDLE_KEY is not set"), "{err}");
+        let err = load_err(&format!(
+            "[limits]\nsession_secret = \"{secret}\"\nsession_secret_env = \"K\"\n{MINIMAL}"
+        ));
+        assert!(err.contains("both set"), "{err}");
+        let err = load_err(&format!(
+            "[limits]\nmax_messages_per_conversation = 0\n{MINIMAL}"
+        ));
+        assert!(
+            err.contains("limits.max_messages_per_conversation"),
+            "{err}"
+        );
+        for line in [
+            "session_secret = s3cret-value-written-bare",
+            "session_secret = [\"s3cret-value-in-an-array\"]",
+        ] {
+            let err = load_err(&format!("[limits]\n{line}\n{MINIMAL}"));
+            assert!(err.contains("line 2"), "{err}");
+            assert!(!err.contains("s3cret-value"), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_commented_examples_of_handles_and_output_tokens_work() {
+        let text = include_str!("../../conf/chatbot-proxy.toml")
+            .replace("# session_secret_env = ", "session_secret_env = ")
+            .replace("# max_output_tokens = ", "max_output_tokens = ");
+        let vars = env(&[
+            ("ACME_OPENAI_KEY", "sk-acme-example"),
+            ("BISTRO_OPENAI_KEY", "sk-bistro-example"),
+            ("SMTP_PASS", "smtp-example-pass"),
+            ("SESSION_SECRET", "an-example-secret-of-32-bytes-xx"),
+        ]);
+        let config = from_toml_str(&text, "conf/chatbot-proxy.toml", &vars).unwrap();
+        assert!(config.limits.session_secret.is_some());
+        assert_eq!(
+            config.limits.conversation_ttl,
+            Duration::from_secs(24 * 3600)
+        );
+        assert_eq!(config.tenants[0].max_output_tokens, Some(1024));
+    }
+
+    // output tokens
+    #[test]
+    fn max_output_tokens_per_tenant() {
+        assert_eq!(load(MINIMAL).unwrap().tenants[0].max_output_tokens, None);
+        let config = load(&format!("{MINIMAL}max_output_tokens = 800\n")).unwrap();
+        assert_eq!(config.tenants[0].max_output_tokens, Some(800));
+        let err = load_err(&format!("{MINIMAL}max_output_tokens = 15\n"));
+        assert!(
+            err.contains("tenants[0].max_output_tokens: 15 is out of range"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -174,6 +174,11 @@ pub(crate) struct RawLimits {
     // bot check (Turnstile)
     pub(crate) turnstile_verify_url: Opt<String>,
     pub(crate) turnstile_timeout_ms: Opt<i64>,
+    // conversation handles
+    pub(crate) session_secret: Opt<Secret>,
+    pub(crate) session_secret_env: Opt<String>,
+    pub(crate) conversation_ttl_hours: Opt<i64>,
+    pub(crate) max_messages_per_conversation: Opt<i64>,
 }
 
 /// `[smtp]`.
@@ -229,6 +234,8 @@ pub(crate) struct RawTenant {
     // bot check (Turnstile)
     pub(crate) turnstile_secret: Opt<Secret>,
     pub(crate) turnstile_secret_env: Opt<String>,
+    // output tokens
+    pub(crate) max_output_tokens: Opt<i64>,
 }
 
 /// Which upstream API a tenant uses, as written in `api`.

@@ -121,6 +121,15 @@ pub struct Limits {
     /// Proxies (load balancers, CDNs) whose forwarding headers name the client
     /// (`TRUSTED_PROXIES`); from anyone else those headers are ignored.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    // conversation handles
+    /// The key that signs conversation handles (`SESSION_SECRET`, at least 32 bytes); `None`:
+    /// one is generated once and kept in the leads directory (`session.key`).
+    pub session_secret: Option<Secret>,
+    /// How long a conversation handle is accepted after create-thread issued it
+    /// (`CONVERSATION_TTL_HOURS`, default 24 h).
+    pub conversation_ttl: Duration,
+    /// Most messages one conversation may take (`MAX_MESSAGES_PER_CONVERSATION`, default 50).
+    pub max_messages_per_conversation: u32,
     // request limits
     /// Requests to create-thread and process-message together that one client address may
     /// make (`rate_limit_ip`, `RATE_LIMIT_IP`; default 60/min); `None`: no limit.
@@ -180,6 +189,10 @@ pub struct Tenant {
     /// `TURNSTILE_SECRETS`): when set, create-thread needs a valid `CF-Turnstile-Response`
     /// token; `None`: no bot check.
     pub turnstile_secret: Option<Secret>,
+    // output tokens
+    /// Most tokens one answer may generate (`max_completion_tokens` on Assistants runs,
+    /// `max_output_tokens` on Responses requests); `None`: the upstream's own limit.
+    pub max_output_tokens: Option<u32>,
 }
 
 /// The upstream API a tenant talks to.

@@ -176,6 +176,7 @@ fn limits(src: &Source, raw: &RawLimits) -> Result<Limits, ConfigError> {
     let key = "limits.max_streams_per_ip";
     limits.max_streams_per_ip =
         src.int(&raw.max_streams_per_ip, key, &check::STREAMS_PER_IP)? as u32;
+    conversation_limits(src, raw, &mut limits)?;
     limits.turnstile = turnstile(src, raw)?;
     Ok(limits)
 }
@@ -195,6 +196,50 @@ fn turnstile(src: &Source, raw: &RawLimits) -> Result<TurnstileSettings, ConfigE
         endpoint: TurnstileSettings::endpoint(endpoint, timeout),
         timeout,
     })
+}
+
+// conversation handles
+/// The handles' secret (exactly one of `session_secret` / `session_secret_env`, or neither),
+/// their lifetime and the messages one conversation may take.
+fn conversation_limits(
+    src: &Source,
+    raw: &RawLimits,
+    limits: &mut Limits,
+) -> Result<(), ConfigError> {
+    limits.session_secret = match (&raw.session_secret, &raw.session_secret_env) {
+        (Some(_), Some(env)) => {
+            return Err(src.at(env, "limits.session_secret_env").err(
+                "and limits.session_secret are both set: keep exactly one (session_secret_env \
+                 keeps the secret out of this file)",
+            ))
+        }
+        (Some(val), None) => Some(check::session_secret(
+            val.value.expose(),
+            "the secret",
+            &src.at(val, "limits.session_secret"),
+        )?),
+        (None, Some(val)) => {
+            let key = "limits.session_secret_env";
+            let purpose = "the secret that signs conversation handles (at least 32 bytes)";
+            let (var, value) = src.env_value(val, key, purpose)?;
+            let what = format!("the secret in {var}");
+            Some(check::session_secret(&value, &what, &src.at(val, key))?)
+        }
+        (None, None) => None,
+    };
+    let key = "limits.conversation_ttl_hours";
+    let hours = src.int(
+        &raw.conversation_ttl_hours,
+        key,
+        &check::CONVERSATION_TTL_HOURS,
+    )?;
+    limits.conversation_ttl = Duration::from_secs(hours * 3600);
+    let key = "limits.max_messages_per_conversation";
+    let bounds = &check::MESSAGES_PER_CONVERSATION;
+    // The bounds keep the count far below u32::MAX.
+    limits.max_messages_per_conversation =
+        src.int(&raw.max_messages_per_conversation, key, bounds)? as u32;
+    Ok(())
 }
 
 /// `[server]`, and `metrics_listen`, which must not take the port of `listen`.
@@ -486,6 +531,12 @@ fn tenant(
         Some(list) => src.each(&list.value, &key("lead_recipients"), check::recipient)?,
         None => Vec::new(),
     };
+    // output tokens
+    let max_output_tokens = src.opt(
+        &raw.max_output_tokens,
+        &key("max_output_tokens"),
+        |v, at| check::output_tokens(*v, at),
+    )?;
     Ok(Tenant {
         name,
         domains: patterns,
@@ -512,6 +563,7 @@ fn tenant(
             )?
             .filter(|&tokens| tokens > 0),
         turnstile_secret,
+        max_output_tokens,
     })
 }
 

@@ -30,14 +30,21 @@ pub fn add_message(thread_id: &str, message: &str) -> UpstreamRequest {
     .header(BETA.0, BETA.1)
 }
 
-/// `POST /threads/{id}/runs` with `stream: true`: the assistant's answer as events.
-pub fn start_run(thread_id: &str, assistant_id: &str) -> UpstreamRequest {
-    UpstreamRequest::post(
-        format!("/threads/{thread_id}/runs"),
-        &json!({"assistant_id": assistant_id, "stream": true}),
-    )
-    .header(BETA.0, BETA.1)
-    .streaming()
+/// `POST /threads/{id}/runs` with `stream: true`: the assistant's answer as events, at most
+/// `max_completion_tokens` long when given (the run then ends `incomplete`; the tool-output
+/// submissions of the run are bound by it too and do not take it).
+pub fn start_run(
+    thread_id: &str,
+    assistant_id: &str,
+    max_completion_tokens: Option<u32>,
+) -> UpstreamRequest {
+    let mut body = json!({"assistant_id": assistant_id, "stream": true});
+    if let Some(max) = max_completion_tokens {
+        body["max_completion_tokens"] = max.into();
+    }
+    UpstreamRequest::post(format!("/threads/{thread_id}/runs"), &body)
+        .header(BETA.0, BETA.1)
+        .streaming()
 }
 
 /// `POST /threads/{id}/runs/{run}/submit_tool_outputs` with `stream: true`: the run goes on.
@@ -224,12 +231,22 @@ mod tests {
 
     #[test]
     fn requests_carry_the_beta_header_and_stream_flag() {
-        let run = start_run("thread_a", "asst_b");
+        let run = start_run("thread_a", "asst_b", None);
         assert_eq!(run.path, "/threads/thread_a/runs");
         assert!(run.stream);
         assert!(run.headers.contains(&("OpenAI-Beta", "assistants=v2")));
         let body: serde_json::Value = serde_json::from_slice(run.body.as_ref().unwrap()).unwrap();
         assert_eq!(body, json!({"assistant_id": "asst_b", "stream": true}));
+    }
+
+    #[test]
+    fn a_run_carries_the_tenant_output_limit() {
+        let run = start_run("thread_a", "asst_b", Some(300));
+        let body: serde_json::Value = serde_json::from_slice(run.body.as_ref().unwrap()).unwrap();
+        assert_eq!(
+            body,
+            json!({"assistant_id": "asst_b", "stream": true, "max_completion_tokens": 300})
+        );
     }
 
     #[test]

@@ -134,14 +134,21 @@ impl Dialect {
         }
     }
 
-    /// The streamed request that answers the user's message.
-    pub fn start_turn(self, tenant: &Tenant, conversation: &str, message: &str) -> UpstreamRequest {
+    /// The streamed request that answers the user's message. `safety_identifier` stands for
+    /// the visitor (see [`crate::handle::safety_identifier`]) where the API takes one.
+    pub fn start_turn(
+        self,
+        tenant: &Tenant,
+        conversation: &str,
+        message: &str,
+        safety_identifier: &str,
+    ) -> UpstreamRequest {
         match &tenant.api {
             UpstreamApi::Assistants { assistant_id } => {
-                assistants::start_run(conversation, assistant_id)
+                assistants::start_run(conversation, assistant_id, tenant.max_output_tokens)
             }
             UpstreamApi::Responses { .. } => {
-                responses::create_response(tenant, conversation, message.into())
+                responses::create_response(tenant, conversation, message.into(), safety_identifier)
             }
         }
     }
@@ -153,6 +160,7 @@ impl Dialect {
         conversation: &str,
         round: &ToolRound,
         outputs: &[ToolOutput],
+        safety_identifier: &str,
     ) -> UpstreamRequest {
         match self {
             Dialect::Assistants => assistants::submit_tool_outputs(
@@ -160,9 +168,12 @@ impl Dialect {
                 round.run_id.as_deref().unwrap_or_default(),
                 outputs,
             ),
-            Dialect::Responses => {
-                responses::create_response(tenant, conversation, responses::tool_outputs(outputs))
-            }
+            Dialect::Responses => responses::create_response(
+                tenant,
+                conversation,
+                responses::tool_outputs(outputs),
+                safety_identifier,
+            ),
         }
     }
 

@@ -64,8 +64,14 @@ pub fn tool_outputs(outputs: &[ToolOutput]) -> Value {
 }
 
 /// `POST /responses` with `stream: true` in `conversation`, for `input` (the user's message
-/// as a string, or tool outputs).
-pub fn create_response(tenant: &Tenant, conversation: &str, input: Value) -> UpstreamRequest {
+/// as a string, or tool outputs); with the tenant's `max_output_tokens` if it has one, and
+/// `safety_identifier` naming the visitor to OpenAI's abuse controls.
+pub fn create_response(
+    tenant: &Tenant,
+    conversation: &str,
+    input: Value,
+    safety_identifier: &str,
+) -> UpstreamRequest {
     let UpstreamApi::Responses {
         model,
         instructions,
@@ -90,6 +96,10 @@ pub fn create_response(tenant: &Tenant, conversation: &str, input: Value) -> Ups
     if !all_tools.is_empty() {
         body["tools"] = Value::Array(all_tools);
     }
+    if let Some(max) = tenant.max_output_tokens {
+        body["max_output_tokens"] = max.into();
+    }
+    body["safety_identifier"] = Value::String(safety_identifier.to_string());
     UpstreamRequest::post("/responses", &body).streaming()
 }
 
@@ -209,6 +219,7 @@ mod tests {
             rate_limit: None,
             daily_token_budget: None,
             turnstile_secret: None,
+            max_output_tokens: None,
         }
     }
 
@@ -222,7 +233,7 @@ mod tests {
 
     #[test]
     fn a_turn_is_one_streamed_response_in_the_conversation() {
-        let req = create_response(&tenant(&["sales@acme.test"]), "conv_1", "hi".into());
+        let req = create_response(&tenant(&["sales@acme.test"]), "conv_1", "hi".into(), "v1");
         assert_eq!(req.path, "/responses");
         assert!(req.stream);
         let body: Value = serde_json::from_slice(req.body.as_ref().unwrap()).unwrap();
@@ -231,6 +242,11 @@ mod tests {
         assert_eq!(body["input"], "hi");
         assert_eq!(body["instructions"], "Be brief.");
         assert_eq!(body["stream"], true);
+        assert_eq!(body["safety_identifier"], "v1");
+        assert!(
+            body.get("max_output_tokens").is_none(),
+            "no limit configured"
+        );
         let tools = body["tools"].as_array().unwrap();
         assert_eq!(tools[0]["type"], "file_search");
         assert_eq!(tools[1]["name"], "sendEmail");
@@ -241,8 +257,24 @@ mod tests {
     }
 
     #[test]
+    fn every_response_carries_the_output_limit_and_the_visitor() {
+        let mut limited = tenant(&[]);
+        limited.max_output_tokens = Some(512);
+        let outputs = tool_outputs(&[ToolOutput {
+            call_id: "call_1".into(),
+            output: "sent".into(),
+        }]);
+        for input in [Value::from("hi"), outputs] {
+            let req = create_response(&limited, "conv_1", input, "ab12");
+            let body: Value = serde_json::from_slice(req.body.as_ref().unwrap()).unwrap();
+            assert_eq!(body["max_output_tokens"], 512);
+            assert_eq!(body["safety_identifier"], "ab12");
+        }
+    }
+
+    #[test]
     fn without_recipients_no_lead_tool_is_offered() {
-        let req = create_response(&tenant(&[]), "conv_1", "hi".into());
+        let req = create_response(&tenant(&[]), "conv_1", "hi".into(), "v1");
         let body: Value = serde_json::from_slice(req.body.as_ref().unwrap()).unwrap();
         assert_eq!(body["tools"].as_array().unwrap().len(), 1);
     }

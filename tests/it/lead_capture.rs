@@ -313,7 +313,10 @@ fn a_lead_is_emailed_and_the_continuation_streams_on_the_same_response() {
     assert_eq!(submitted[0].method, "POST");
     assert_eq!(
         submitted[0].path,
-        format!("/v1/threads/{thread_id}/runs/{run_id}/submit_tool_outputs")
+        format!(
+            "/v1/threads/{}/runs/{run_id}/submit_tool_outputs",
+            upstream_id(&thread_id)
+        )
     );
     assert_eq!(
         submitted[0].header("authorization"),
@@ -358,7 +361,8 @@ fn a_lead_is_emailed_and_the_continuation_streams_on_the_same_response() {
         mail.body(),
         format!(
             "Please call me about the engine.\r\nThanks!\r\n\r\n-- \r\n\
-             Sent by the chatbot on {SITE}\r\nConversation: {thread_id}\r\n"
+             Sent by the chatbot on {SITE}\r\nConversation: {}\r\n",
+            upstream_id(&thread_id)
         )
     );
     assert!(
@@ -370,7 +374,7 @@ fn a_lead_is_emailed_and_the_continuation_streams_on_the_same_response() {
     let records = journal(&proxy.working_dir());
     let leads = records_of_type(&records, "lead");
     assert_eq!(leads.len(), 1, "{records:?}");
-    assert_eq!(leads[0]["conversation"], json!(thread_id));
+    assert_eq!(leads[0]["conversation"], json!(upstream_id(&thread_id)));
     assert_eq!(leads[0]["site"], json!(SITE));
     let delivered = records_of_type(&records, "delivered");
     assert_eq!(delivered.len(), 1, "{records:?}");
@@ -547,7 +551,7 @@ fn a_lead_captured_while_smtp_is_stopped_is_queued_and_delivered_once_it_is_back
     );
     assert!(received[0]
         .body()
-        .contains(&format!("Conversation: {thread_id}\r\n")));
+        .contains(&format!("Conversation: {}\r\n", upstream_id(&thread_id))));
 
     thread::sleep(Duration::from_secs(3));
     assert_eq!(smtp.received().len(), 1, "delivered exactly once");
@@ -741,7 +745,8 @@ fn a_pending_lead_survives_kill_9_and_is_delivered_exactly_once_after_a_restart(
         Some("\"Ada Lovelace\" <ada@example.net>")
     );
     assert!(mail.body().starts_with(&format!(
-        "Survive this\r\n\r\n-- \r\nSent by the chatbot on {SITE}\r\nConversation: {thread_id}\r\n"
+        "Survive this\r\n\r\n-- \r\nSent by the chatbot on {SITE}\r\nConversation: {}\r\n",
+        upstream_id(&thread_id)
     )));
 
     thread::sleep(Duration::from_secs(4));
@@ -809,7 +814,10 @@ fn fifty_concurrent_conversations_each_get_their_own_continuation_and_email() {
         let asked = requires_actions(&stream.events());
         let mine: Vec<&StubRequest> = submitted
             .iter()
-            .filter(|r| r.path.starts_with(&format!("/v1/threads/{thread_id}/")))
+            .filter(|r| {
+                let thread = upstream_id(thread_id);
+                r.path.starts_with(&format!("/v1/threads/{thread}/"))
+            })
             .collect();
         assert_eq!(
             mine.len(),
@@ -835,7 +843,8 @@ fn fifty_concurrent_conversations_each_get_their_own_continuation_and_email() {
         for event in stream.events().iter().filter(|e| e.name() != "done") {
             if let Some(id) = event.json().get("thread_id").and_then(Value::as_str) {
                 assert_eq!(
-                    id, thread_id,
+                    id,
+                    upstream_id(thread_id),
                     "conversation {i}: an event of another thread"
                 );
             }
@@ -860,7 +869,8 @@ fn fifty_concurrent_conversations_each_get_their_own_continuation_and_email() {
             mail.body(),
             format!(
                 "Lead number {i}\r\n\r\n-- \r\nSent by the chatbot on {SITE}\r\n\
-                 Conversation: {thread_id}\r\n"
+                 Conversation: {}\r\n",
+                upstream_id(thread_id)
             ),
             "lead {i}'s e-mail names its own conversation"
         );

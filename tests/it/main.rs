@@ -12,6 +12,7 @@ mod smtp_server;
 mod budgets;
 mod client_timeouts;
 mod config_modes;
+mod handles;
 mod lead_capture;
 mod lead_delivery;
 mod lead_flood;

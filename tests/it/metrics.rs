@@ -157,9 +157,11 @@ fn the_metrics_endpoint_counts_requests_streams_errors_and_leads() {
         .send();
     assert_eq!(refused.status, 403, "{}", refused.body);
 
+    // A genuine handle of a thread the upstream does not know.
+    let unknown_thread = proxy.mint_handle(TENANT, "thread_doesnotexist0");
     let unknown = RawRequest::new("POST", &format!("{PREFIX}/process-message"))
         .header("Origin", SITE)
-        .json(&json!({"threadId": "thread_doesnotexist0", "message": "hi"}));
+        .json(&json!({"threadId": unknown_thread, "message": "hi"}));
     let unknown = proxy.raw(&unknown);
     assert_eq!(unknown.status, 404, "{}", unknown.text());
 

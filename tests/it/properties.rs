@@ -777,6 +777,7 @@ fn tenant(name: String, domains: Vec<String>) -> Tenant {
         rate_limit: None,
         daily_token_budget: None,
         turnstile_secret: None,
+        max_output_tokens: None,
     }
 }
 
@@ -938,11 +939,22 @@ const REQUEST_CODES: [&str; 5] = [
     "message_too_long",
 ];
 
-/// `^thread_[A-Za-z0-9]{1,64}$`, the documented rule.
+/// `^thread_[A-Za-z0-9]{1,64}(\.[A-Za-z0-9_-]{32})?$`, the documented rule: a thread id, or
+/// a conversation handle of one (whose signature is checked later).
 fn follows_the_thread_rule(id: &str) -> bool {
-    id.strip_prefix("thread_").is_some_and(|rest| {
-        (1..=64).contains(&rest.len()) && rest.bytes().all(|b| b.is_ascii_alphanumeric())
-    })
+    let (id, token) = match id.rsplit_once('.') {
+        Some((id, token)) => (id, Some(token)),
+        None => (id, None),
+    };
+    let token_ok = token.is_none_or(|t| {
+        t.len() == 32
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    });
+    token_ok
+        && id.strip_prefix("thread_").is_some_and(|rest| {
+            (1..=64).contains(&rest.len()) && rest.bytes().all(|b| b.is_ascii_alphanumeric())
+        })
 }
 
 /// JSON values: nested arrays and objects, strings with awkward characters, no floats (whose
@@ -983,6 +995,7 @@ fn thread_id_like() -> impl Strategy<Value = String> {
     );
     prop_oneof![
         "thread_[A-Za-z0-9]{1,64}",
+        "thread_[A-Za-z0-9]{1,64}\\.[A-Za-z0-9_-]{31,33}",
         "thread_[A-Za-z0-9]{65,80}",
         Just("thread_".to_owned()),
         ("thread_[A-Za-z0-9]{0,10}", odd, "[A-Za-z0-9]{0,10}")

@@ -486,8 +486,9 @@ instructions_file = "{}"
     assert_eq!(sent.len(), 1);
     assert_eq!(
         sent[0].json(),
-        json!({"model": MODEL_R, "conversation": conv, "input": "bonjour",
-               "stream": true, "instructions": text})
+        json!({"model": MODEL_R, "conversation": upstream_id(&conv), "input": "bonjour",
+               "stream": true, "instructions": text,
+               "safety_identifier": safety_identifier(&conv)})
     );
 
     // A relative path starts from the configuration file's directory.
@@ -565,8 +566,9 @@ fn env_models_with_one_entry_serves_every_domain_with_the_instructions() {
         assert_eq!(upstream[1].path, "/v1/responses");
         assert_eq!(
             upstream[1].json(),
-            json!({"model": "gpt-5.4", "conversation": conv, "input": "env mode",
-                   "stream": true, "instructions": "Be brief.\nBe kind."}),
+            json!({"model": "gpt-5.4", "conversation": upstream_id(&conv), "input": "env mode",
+                   "stream": true, "instructions": "Be brief.\nBe kind.",
+                   "safety_identifier": safety_identifier(&conv)}),
             "{origin}: no EMAIL_TO, so no lead tool"
         );
         for call in &upstream {
@@ -604,7 +606,8 @@ fn env_models_per_domain_and_email_to_offer_the_lead_tool() {
             .unwrap_or_else(|| panic!("{origin}: EMAIL_TO is set, the lead tool is missing"));
         assert_eq!(
             body,
-            json!({"model": model, "conversation": conv, "input": "which model", "stream": true}),
+            json!({"model": model, "conversation": upstream_id(&conv), "input": "which model",
+                   "stream": true, "safety_identifier": safety_identifier(&conv)}),
             "{origin}: no INSTRUCTIONS, so none sent"
         );
         let tools = tools.as_array().unwrap();
@@ -661,8 +664,10 @@ fn create_thread_creates_a_conversation_naming_the_tenant() {
         resp.assert_no_upstream_leak();
         let conv = resp.json();
         let id = conv["id"].as_str().expect("conversation id");
+        let upstream_id = upstream_id(id);
         assert!(
-            id.starts_with("conv_") && id[5..].chars().all(|c| c.is_ascii_alphanumeric()),
+            upstream_id.starts_with("conv_")
+                && upstream_id[5..].chars().all(|c| c.is_ascii_alphanumeric()),
             "{conv}"
         );
         assert_eq!(conv["thread_id"].as_str(), Some(id), "thread_id = id");
@@ -735,10 +740,11 @@ fn process_message_is_one_streamed_response_in_the_conversation() {
         json!({
             "model": MODEL_R,
             "instructions": INSTRUCTIONS_R,
-            "conversation": conv,
+            "conversation": upstream_id(&conv),
             "input": "hello there",
             "tools": [{"type": "file_search", "vector_store_ids": [VECTOR_STORE]}],
-            "stream": true
+            "stream": true,
+            "safety_identifier": safety_identifier(&conv)
         })
     );
     assert_eq!(
@@ -842,7 +848,7 @@ fn conversation_ids_must_look_like_conversation_ids() {
 
     // The longest valid id goes upstream (where it does not exist), in either spelling.
     let longest = format!("conv_{}", "Z9".repeat(40));
-    let resp = proxy.try_post_message(ORIGIN_R, &longest, "hi");
+    let resp = proxy.try_post_message(ORIGIN_R, &proxy.mint_handle("bistro", &longest), "hi");
     assert_mapped(&resp, 404, "thread_not_found", ORIGIN_R, "longest id");
     let sent = response_requests(&stub);
     assert_eq!(sent.len(), 1);
@@ -950,11 +956,17 @@ fn a_second_message_while_a_response_streams_is_409_run_active() {
 
 #[test]
 fn a_conversation_busy_upstream_is_409_run_active_too() {
-    // Two proxy instances share the upstream: the second one learns that the conversation
-    // is busy only from the upstream's `conversation_locked` answer.
+    // Two proxy instances share the upstream (and the secret of conversation handles, but no
+    // store): the second one learns that the conversation is busy only from the upstream's
+    // `conversation_locked` answer.
     let stub = Stub::start();
-    let one = Proxy::start_with_toml(&standard_toml(&stub.base_url()));
-    let two = Proxy::start_with_toml(&standard_toml(&stub.base_url()));
+    let toml = format!(
+        "[limits]\nsession_secret = \"{}\"\n{}",
+        "s".repeat(32),
+        standard_toml(&stub.base_url())
+    );
+    let one = Proxy::start_with_toml(&toml);
+    let two = Proxy::start_with_toml(&toml);
     let conv = new_conversation(&one, ORIGIN_R);
     let first = one.open_message_stream(ORIGIN_R, &conv, "[stub:slow=300] a b c d e f");
     assert_eq!(first.status, 200);
@@ -1046,10 +1058,11 @@ fn a_lead_function_call_is_emailed_and_answered_on_the_same_stream() {
         sent[1].json(),
         json!({
             "model": MODEL_C,
-            "conversation": conv,
+            "conversation": upstream_id(&conv),
             "input": [{"type": "function_call_output", "call_id": call_id, "output": ANN_SENT}],
             "tools": tools,
-            "stream": true
+            "stream": true,
+            "safety_identifier": safety_identifier(&conv)
         })
     );
     for call in &sent {
@@ -1069,12 +1082,16 @@ fn a_lead_function_call_is_emailed_and_answered_on_the_same_stream() {
     );
     let body = mails[0].body();
     assert!(body.starts_with("hi\r\n"), "{body:?}");
-    assert!(body.contains(&format!("Conversation: {conv}")), "{body:?}");
+    let upstream_conv = upstream_id(&conv);
+    assert!(
+        body.contains(&format!("Conversation: {upstream_conv}")),
+        "{body:?}"
+    );
     assert!(body.contains(ORIGIN_C), "{body:?}");
     // And the journal holds it.
     let journal = std::fs::read_to_string(proxy.working_dir().join("data/leads.jsonl"))
         .expect("the lead journal");
-    assert!(journal.contains(&conv), "{journal}");
+    assert!(journal.contains(upstream_conv), "{journal}");
 
     // Both responses reach the client as the upstream sends them.
     let reference_conv = direct_conversation(&stub, KEY_C);
@@ -1161,7 +1178,7 @@ fn tool_rounds_are_bounded() {
     for continuation in &sent[1..] {
         let body = continuation.json();
         assert_eq!(body["input"][0]["output"], declined);
-        assert_eq!(body["conversation"], conv.as_str());
+        assert_eq!(body["conversation"], upstream_id(&conv));
     }
 
     // ...a third is refused with a final error event.
@@ -1295,7 +1312,12 @@ fn both_routes(proxy: &Proxy, origin: &str) -> [(&'static str, Resp, Duration); 
     let created = proxy.try_create_thread(origin);
     let create_took = started.elapsed();
     let started = Instant::now();
-    let posted = proxy.try_post_message(origin, "conv_abc123", "hi");
+    // A genuine handle (of tenant `k401` for `https://k401.test`, ...) the upstream refuses.
+    let tenant = origin
+        .trim_start_matches("https://")
+        .trim_end_matches(".test");
+    let handle = proxy.mint_handle(tenant, "conv_abc123");
+    let posted = proxy.try_post_message(origin, &handle, "hi");
     [
         ("create-thread", created, create_took),
         ("process-message", posted, started.elapsed()),
@@ -1347,7 +1369,8 @@ fn a_silent_upstream_becomes_504_upstream_timeout() {
 #[test]
 fn an_unknown_conversation_becomes_404_thread_not_found() {
     let (stub, proxy) = start_special_keys();
-    let resp = proxy.try_post_message(ORIGIN_R, "conv_doesnotexist0", "hi");
+    let handle = proxy.mint_handle("bistro", "conv_doesnotexist0");
+    let resp = proxy.try_post_message(ORIGIN_R, &handle, "hi");
     assert_mapped(
         &resp,
         404,
@@ -1419,7 +1442,7 @@ fn widget_v1_framing_works_for_a_responses_tenant() {
     let listed = stub.requests().iter().any(|r| {
         r.method == "GET"
             && r.path
-                .starts_with(&format!("/v1/conversations/{conv}/items"))
+                .starts_with(&format!("/v1/conversations/{}/items", upstream_id(&conv)))
     });
     assert!(listed, "the end event needs the conversation's items");
 }

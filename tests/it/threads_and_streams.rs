@@ -39,7 +39,7 @@ fn assert_thread_object(resp: &Resp) {
     let thread = resp.json();
     let id = thread["id"].as_str().expect("thread id");
     assert!(
-        id.starts_with("thread_") && id.len() > "thread_".len(),
+        upstream_id(id).starts_with("thread_") && upstream_id(id).len() > "thread_".len(),
         "unexpected thread id {id:?}"
     );
     assert_eq!(
@@ -128,15 +128,15 @@ fn process_message_adds_the_message_then_streams_a_run() {
     assert_eq!(events.last().unwrap().data, "[DONE]");
     let run = events[0].json();
     assert_eq!(run["assistant_id"], ASSISTANT_A);
-    assert_eq!(run["thread_id"].as_str(), Some(thread_id.as_str()));
+    assert_eq!(run["thread_id"].as_str(), Some(upstream_id(&thread_id)));
 
     let upstream = stub.requests();
     let calls: Vec<(&str, &str)> = upstream
         .iter()
         .map(|r| (r.method.as_str(), r.path.as_str()))
         .collect();
-    let messages_path = format!("/v1/threads/{thread_id}/messages");
-    let runs_path = format!("/v1/threads/{thread_id}/runs");
+    let messages_path = format!("/v1/threads/{}/messages", upstream_id(&thread_id));
+    let runs_path = format!("/v1/threads/{}/runs", upstream_id(&thread_id));
     assert_eq!(
         calls,
         [
@@ -184,7 +184,7 @@ fn thread_id_may_be_spelled_snake_case() {
     let upstream = stub.requests();
     assert_eq!(
         upstream[0].path,
-        format!("/v1/threads/{thread_id}/messages")
+        format!("/v1/threads/{}/messages", upstream_id(&thread_id))
     );
 }
 

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use crate::harness::*;
 
-/// A valid-looking thread id for routes that fail before the thread matters.
+/// A valid-looking thread id for routes that fail before the thread matters (posted in a
+/// genuine handle, so the proxy lets it through).
 const SOME_THREAD: &str = "thread_abc123";
 
 /// Any answer, error or stream, must arrive within this (the configured upstream timeouts
@@ -32,7 +33,8 @@ fn upstream_401_and_403_become_502_upstream_auth_failed() {
         let (_stub, proxy) = start_with_key_a(key);
         let resp = proxy.try_create_thread(ORIGIN_A);
         assert_mapped(&resp, 502, "upstream_auth_failed", key);
-        let resp = proxy.try_post_message(ORIGIN_A, SOME_THREAD, "hi");
+        let resp =
+            proxy.try_post_message(ORIGIN_A, &proxy.mint_handle("tenant-a", SOME_THREAD), "hi");
         assert_mapped(&resp, 502, "upstream_auth_failed", key);
         assert!(
             !resp.body.contains(key),
@@ -51,7 +53,7 @@ fn upstream_429_becomes_429_with_its_retry_after() {
     let (_stub, proxy) = start_with_key_a("sk-stub-429");
     for resp in [
         proxy.try_create_thread(ORIGIN_A),
-        proxy.try_post_message(ORIGIN_A, SOME_THREAD, "hi"),
+        proxy.try_post_message(ORIGIN_A, &proxy.mint_handle("tenant-a", SOME_THREAD), "hi"),
     ] {
         assert_mapped(&resp, 429, "rate_limited", "429");
         assert_eq!(resp.header("retry-after"), Some("7"));
@@ -63,7 +65,7 @@ fn upstream_500_becomes_502_upstream_error() {
     let (_stub, proxy) = start_with_key_a("sk-stub-500");
     for resp in [
         proxy.try_create_thread(ORIGIN_A),
-        proxy.try_post_message(ORIGIN_A, SOME_THREAD, "hi"),
+        proxy.try_post_message(ORIGIN_A, &proxy.mint_handle("tenant-a", SOME_THREAD), "hi"),
     ] {
         assert_mapped(&resp, 502, "upstream_error", "500");
     }
@@ -75,7 +77,7 @@ fn refused_upstream_becomes_502_upstream_unreachable() {
     let proxy = Proxy::start_with_toml(&two_tenant_toml(&format!("http://127.0.0.1:{closed}/v1")));
     for resp in [
         proxy.try_create_thread(ORIGIN_A),
-        proxy.try_post_message(ORIGIN_A, SOME_THREAD, "hi"),
+        proxy.try_post_message(ORIGIN_A, &proxy.mint_handle("tenant-a", SOME_THREAD), "hi"),
     ] {
         assert_mapped(&resp, 502, "upstream_unreachable", "refused");
     }
@@ -94,7 +96,7 @@ fn silent_upstream_becomes_504_upstream_timeout() {
     assert_mapped(&resp, 504, "upstream_timeout", "hang");
 
     let started = Instant::now();
-    let resp = proxy.try_post_message(ORIGIN_A, SOME_THREAD, "hi");
+    let resp = proxy.try_post_message(ORIGIN_A, &proxy.mint_handle("tenant-a", SOME_THREAD), "hi");
     assert!(
         started.elapsed() < PROMPT,
         "process-message took {:?}",
@@ -106,7 +108,8 @@ fn silent_upstream_becomes_504_upstream_timeout() {
 #[test]
 fn unknown_thread_becomes_404_thread_not_found() {
     let (_stub, proxy) = start_pair();
-    let resp = proxy.try_post_message(ORIGIN_A, "thread_doesnotexist0", "hi");
+    let handle = proxy.mint_handle("tenant-a", "thread_doesnotexist0");
+    let resp = proxy.try_post_message(ORIGIN_A, &handle, "hi");
     assert_mapped(&resp, 404, "thread_not_found", "unknown thread");
     assert!(
         !resp.body.contains("No thread found"),

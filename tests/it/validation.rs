@@ -241,8 +241,9 @@ fn a_well_formed_thread_id_of_64_characters_is_accepted() {
     let (stub, proxy) = start_pair();
     let longest = format!("thread_{}", "Ab9".repeat(21) + "Z");
     assert_eq!(longest.len(), "thread_".len() + 64);
-    // It passes validation and reaches the upstream, which does not know it.
-    let resp = post_json(&proxy, &json!({"threadId": longest, "message": "hi"}));
+    // In a genuine handle, it passes validation and reaches the upstream, which does not know it.
+    let handle = proxy.mint_handle("tenant-a", &longest);
+    let resp = post_json(&proxy, &json!({"threadId": handle, "message": "hi"}));
     resp.assert_error(404, "thread_not_found");
     let upstream = stub.requests();
     assert_eq!(upstream.len(), 1, "{upstream:?}");

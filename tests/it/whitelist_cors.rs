@@ -378,8 +378,12 @@ fn every_answer_to_a_whitelisted_origin_carries_its_acao() {
         .origin(origin)
         .json(&json!({"threadId": "thread_doesnotexist0", "message": "hi"}))
         .send();
-    missing.assert_error(404, "thread_not_found");
-    assert_acao(&missing.headers, origin, "404 thread_not_found answer");
+    missing.assert_error(404, "conversation_not_found");
+    assert_acao(
+        &missing.headers,
+        origin,
+        "404 conversation_not_found answer",
+    );
 
     let unknown = proxy.get(&format!("{PREFIX}/nope")).origin(origin).send();
     unknown.assert_error(404, "not_found");

@@ -529,6 +529,7 @@ fn end_messages(frames: &[String], context: &str) -> Value {
 
 /// The stub's own message list of `thread` (`GET /v1/threads/{id}/messages`), its `data`.
 fn thread_messages(stub: &Stub, thread: &str, key: &str) -> Value {
+    let thread = upstream_id(thread);
     let list = stub_get(stub, &format!("/v1/threads/{thread}/messages"), key);
     list["data"].clone()
 }
@@ -550,7 +551,10 @@ fn assert_plain_answer(stub: &Stub, proxy: &Proxy, origin: &str, key: &str, cont
     let last = requests.last().expect("requests at the stub");
     assert_eq!(
         (last.method.as_str(), last.path.as_str()),
-        ("GET", format!("/v1/threads/{thread}/messages").as_str()),
+        (
+            "GET",
+            format!("/v1/threads/{}/messages", upstream_id(&thread)).as_str()
+        ),
         "{context}: after the run the proxy lists the thread's messages"
     );
     assert_eq!(
@@ -714,8 +718,10 @@ fn responses_tenant_gets_the_same_events_and_end_with_thread_shaped_messages() {
     let last = requests.last().expect("requests at the stub");
     assert_eq!(last.method, "GET");
     assert!(
-        last.path
-            .starts_with(&format!("/v1/conversations/{conversation}/items")),
+        last.path.starts_with(&format!(
+            "/v1/conversations/{}/items",
+            upstream_id(&conversation)
+        )),
         "after the response the proxy lists the conversation: {}",
         last.path
     );
@@ -723,7 +729,10 @@ fn responses_tenant_gets_the_same_events_and_end_with_thread_shaped_messages() {
     // The conversation's message items, newest first, as thread messages.
     let items = stub_get(
         &stub,
-        &format!("/v1/conversations/{conversation}/items?order=desc"),
+        &format!(
+            "/v1/conversations/{}/items?order=desc",
+            upstream_id(&conversation)
+        ),
         KEY_R,
     );
     let message_items: Vec<&Value> = items["data"]
@@ -937,7 +946,7 @@ fn tool_outputs_refused_by_the_upstream_end_with_the_submit_error() {
 
     let items = stub_get(
         &stub,
-        &format!("/v1/conversations/{conversation}/items"),
+        &format!("/v1/conversations/{}/items", upstream_id(&conversation)),
         KEY_R,
     );
     let call_id = items["data"]
@@ -955,7 +964,7 @@ fn tool_outputs_refused_by_the_upstream_end_with_the_submit_error() {
         KEY_R,
         Some(&json!({
             "model": MODEL_R,
-            "conversation": conversation,
+            "conversation": upstream_id(&conversation),
             "input": [{"type": "function_call_output", "call_id": call_id, "output": "answered elsewhere"}],
             "stream": true,
         })),

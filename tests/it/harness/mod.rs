@@ -26,9 +26,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+mod handles;
 mod self_tests;
 mod setup;
 
+pub use handles::{safety_identifier, upstream_id};
 pub use setup::{Rig, Setup};
 
 /// The binary under test.
