@@ -308,6 +308,8 @@ fn read_run_id(conn: &mut RawConn) -> String {
 
 /// Waits until the stub received `POST /v1/threads/{thread}/runs/{run}/cancel`.
 fn assert_cancelled_upstream(stub: &Stub, thread: &str, run: &str) {
+    // The upstream knows the thread by its own id, not by the handle the widget holds.
+    let thread = upstream_id(thread);
     let path = format!("/v1/threads/{thread}/runs/{run}/cancel");
     let seen = eventually(Duration::from_secs(5), || {
         stub.requests()
