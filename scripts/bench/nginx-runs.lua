@@ -1,7 +1,9 @@
 -- wrk: POST /v1/threads/{id}/runs through nginx: one streamed run per request (nginx cannot
 -- add the message first, so it does less work per request than chatbot-proxy).
 local threads = {}
-for line in io.lines(os.getenv("THREADS")) do threads[#threads + 1] = line end
+-- The file holds the proxy's handles (`<thread id>.<signature>`): nginx talks to the stub
+-- directly, with the thread id alone.
+for line in io.lines(os.getenv("THREADS")) do threads[#threads + 1] = line:match("^[^.]+") end
 local i = 0
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
