@@ -499,6 +499,29 @@ fn string_list(
     Ok(Some(Val::var(name, List(list.collect()))))
 }
 
+/// The items of the JSON array in variable `name`, or an error saying it must look like
+/// `shape`; with `secret` the value never appears in the message.
+fn json_array(raw: &str, name: &str, shape: &str, secret: bool) -> Result<Vec<Value>, ConfigError> {
+    let value: Value = serde_json::from_str(raw).map_err(|e| {
+        let why = if secret {
+            "value not shown".to_string()
+        } else {
+            format!("{e}; got {}", check::shown(raw))
+        };
+        ConfigError::new(name, format!("is not valid JSON ({why}): {shape}"))
+    })?;
+    match value {
+        Value::Array(items) => Ok(items),
+        other => Err(ConfigError::new(
+            name,
+            format!(
+                "is JSON {}, not an array: {shape}",
+                check::json_kind(&other)
+            ),
+        )),
+    }
+}
+
 /// A JSON array of non-empty strings (trimmed). `[]` for an unset variable.
 ///
 /// The value of `OPENAI_API_KEYS` never appears in a message.
@@ -510,22 +533,7 @@ fn json_strings(env: &HashMap<String, String>, name: &str) -> Result<Vec<String>
         "it must be a JSON array of strings in double quotes, e.g. {}",
         example(name)
     );
-    let value: Value = serde_json::from_str(raw).map_err(|e| {
-        let why = match name {
-            OPENAI_API_KEYS => "value not shown".to_string(),
-            _ => format!("{e}; got {}", check::shown(raw)),
-        };
-        ConfigError::new(name, format!("is not valid JSON ({why}): {shape}"))
-    })?;
-    let Value::Array(items) = value else {
-        return Err(ConfigError::new(
-            name,
-            format!(
-                "is JSON {}, not an array: {shape}",
-                check::json_kind(&value)
-            ),
-        ));
-    };
+    let items = json_array(raw, name, &shape, name == OPENAI_API_KEYS)?;
     let mut out = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let at = At::key(format!("{name}[{i}]"));
@@ -559,24 +567,7 @@ fn json_token_counts(env: &HashMap<String, String>, name: &str) -> Result<Vec<i6
         "it must be a JSON array of whole numbers of tokens per day, one for every domain or \
          one per domain (0: no budget), e.g. {name}='[200000]'"
     );
-    let value: Value = serde_json::from_str(raw).map_err(|e| {
-        ConfigError::new(
-            name,
-            format!(
-                "is not valid JSON ({e}; got {}): {shape}",
-                check::shown(raw)
-            ),
-        )
-    })?;
-    let Value::Array(items) = value else {
-        return Err(ConfigError::new(
-            name,
-            format!(
-                "is JSON {}, not an array: {shape}",
-                check::json_kind(&value)
-            ),
-        ));
-    };
+    let items = json_array(raw, name, &shape, false)?;
     items
         .iter()
         .enumerate()
@@ -603,21 +594,7 @@ fn secret_strings(env: &HashMap<String, String>, name: &str) -> Result<Vec<Strin
          e.g. {}",
         example(name)
     );
-    let value: Value = serde_json::from_str(raw).map_err(|_| {
-        ConfigError::new(
-            name,
-            format!("is not valid JSON (value not shown): {shape}"),
-        )
-    })?;
-    let Value::Array(items) = value else {
-        return Err(ConfigError::new(
-            name,
-            format!(
-                "is JSON {}, not an array: {shape}",
-                check::json_kind(&value)
-            ),
-        ));
-    };
+    let items = json_array(raw, name, &shape, true)?;
     items
         .iter()
         .enumerate()

@@ -250,19 +250,7 @@ impl RedisStore {
         token: &Token,
         lease: Duration,
     ) -> Result<bool, StoreError> {
-        let k = self.key(&lock_key(key));
-        let mut conn = self.connection()?;
-        let renewed: i64 = self
-            .bounded(async {
-                RENEW_LOCK
-                    .key(&k)
-                    .arg(token.as_str())
-                    .arg(millis(lease))
-                    .invoke_async(&mut conn)
-                    .await
-            })
-            .await?;
-        Ok(renewed == 1)
+        self.renew(&RENEW_LOCK, &lock_key(key), token, lease).await
     }
 
     /// See [`Store::unlock`](super::Store::unlock).
@@ -312,11 +300,23 @@ impl RedisStore {
         token: &Token,
         lease: Duration,
     ) -> Result<bool, StoreError> {
-        let k = self.key(&slot_key(key));
+        self.renew(&RENEW_SLOT, &slot_key(key), token, lease).await
+    }
+
+    /// Extends `token`'s lease on `key` with `script` (a lock's or a slot's); `false` when the
+    /// token no longer holds it.
+    async fn renew(
+        &self,
+        script: &redis::Script,
+        key: &str,
+        token: &Token,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        let k = self.key(key);
         let mut conn = self.connection()?;
         let renewed: i64 = self
             .bounded(async {
-                RENEW_SLOT
+                script
                     .key(&k)
                     .arg(token.as_str())
                     .arg(millis(lease))
