@@ -204,8 +204,6 @@ impl Courier {
         };
         match mailer.send(message).await {
             Ok(()) => {
-                self.outbox().delivered(&record.id);
-                claim.settled = true;
                 log::info!("lead {} of tenant {} delivered", record.id, record.tenant);
                 let mark = Record::Delivered {
                     id: record.id.clone(),
@@ -218,6 +216,10 @@ impl Courier {
                         record.id
                     );
                 }
+                // Forgotten only once the mark is written: no pending lead means every
+                // delivery is on disk.
+                self.outbox().delivered(&record.id);
+                claim.settled = true;
                 Outcome::Delivered
             }
             Err(e) => {

@@ -152,3 +152,25 @@ fn normalizing_masks_only_ids_and_timestamps() {
     assert_ne!(normalize_stream(a), normalize_stream(d));
     assert_ne!(normalize_stream(b"a\r\n"), normalize_stream(b"a\n"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_browser_runs_a_served_page_on_a_made_up_site() {
+    use crate::harness::browser::{eval, screenshot, wait_until, Browser, PageServer};
+    let pages = PageServer::start();
+    pages.put_html(
+        "/",
+        "<!doctype html><title>t</title><p id=p>x</p>\
+         <script>document.getElementById('p').textContent = location.host;</script>",
+    );
+    let browser = Browser::launch().await;
+    let page = browser.open(&pages.url("shop.example.com", "/")).await;
+    wait_until(
+        &page,
+        "document.getElementById('p').textContent !== 'x'",
+        IO_TIMEOUT,
+    )
+    .await;
+    let host: String = eval(&page, "document.getElementById('p').textContent").await;
+    assert_eq!(host, format!("shop.example.com:{}", pages.port()));
+    assert!(screenshot(&page, "harness-self-test").await.exists());
+}
