@@ -157,18 +157,21 @@ pub fn screenshot_dir() -> PathBuf {
         .join("browser-screenshots")
 }
 
+/// Path -> (content type, body).
+type Files = Arc<Mutex<HashMap<String, (String, Vec<u8>)>>>;
+
 /// A tiny static HTTP/1.1 server for the pages that embed a widget (and for the scripts they
 /// load). Serves whatever was [`PageServer::put`]; any host name maps here in the browser.
 pub struct PageServer {
     port: u16,
-    files: Arc<Mutex<HashMap<String, (String, Vec<u8>)>>>,
+    files: Files,
 }
 
 impl PageServer {
     pub fn start() -> PageServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let files: Arc<Mutex<HashMap<String, (String, Vec<u8>)>>> = Arc::default();
+        let files: Files = Arc::default();
         let served = Arc::clone(&files);
         std::thread::spawn(move || {
             for stream in listener.incoming() {
