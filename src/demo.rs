@@ -1,13 +1,18 @@
 //! The `stub` and `demo` subcommands of the binary (cargo feature `stub`, on by default): the
 //! stub OpenAI upstream alone, or with the proxy in front of it and a demo tenant. A module of
 //! `main.rs`, not of the library; a production build (`--no-default-features`) leaves it out.
+//! The demo also serves a sample web page (two pages, on a port of its own) that embeds the
+//! proxy's widget with its one `<script>` tag, so a newcomer sees it working in a browser.
 
+use async_trait::async_trait;
 use chatbot_proxy::config::{
     Config, LeadSettings, Limits, Secret, ServerSettings, StreamFormat, Tenant, UpstreamApi,
     UpstreamSettings,
 };
 use chatbot_proxy::server;
 use clap::Subcommand;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -36,6 +41,9 @@ pub enum Command {
         /// Milliseconds between two streamed events, so the reply is seen arriving.
         #[arg(long, default_value_t = 60)]
         pace_ms: u64,
+        /// Address of the sample web page that embeds the widget.
+        #[arg(long, default_value = "127.0.0.1:3001")]
+        page_listen: String,
     },
 }
 
@@ -67,6 +75,7 @@ pub fn run(command: Command) -> ExitCode {
             listen,
             stub_listen,
             pace_ms,
+            page_listen,
         } => {
             let config = demo_config(&listen, &stub_listen);
             let settings = config.server.clone();
@@ -79,7 +88,14 @@ pub fn run(command: Command) -> ExitCode {
                 eprintln!("error: {e}");
                 return ExitCode::FAILURE;
             }
-            print_demo_banner(&listen);
+            let proxy_url = format!("http://localhost:{}", port_of(&listen));
+            let mut page = pingora::services::listening::Service::new(
+                "demo page".to_string(),
+                DemoPage { proxy_url },
+            );
+            page.add_tcp(&page_listen);
+            server.add_service(page);
+            print_demo_banner(&listen, &page_listen);
             server::run(server, &settings);
             ExitCode::SUCCESS
         }
@@ -141,6 +157,7 @@ fn demo_config(listen: &str, stub_listen: &str) -> Config {
             rate_limit: None,
             daily_token_budget: None,
             turnstile_secret: None,
+            turnstile_site_key: None,
             max_output_tokens: None,
         }],
         smtp: None,
@@ -156,11 +173,51 @@ fn demo_config(listen: &str, stub_listen: &str) -> Config {
     }
 }
 
-fn print_demo_banner(listen: &str) {
-    let port = listen.rsplit_once(':').map_or("3000", |(_, p)| p);
+/// The port of a `host:port` address (`3000` if it has none).
+fn port_of(listen: &str) -> &str {
+    listen.rsplit_once(':').map_or("3000", |(_, p)| p)
+}
+
+/// The sample site: `/` and `/about`, each embedding the widget from `proxy_url`.
+struct DemoPage {
+    proxy_url: String,
+}
+
+#[async_trait]
+impl ServeHttp for DemoPage {
+    async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
+        let title = match session.req_header().uri.path() {
+            "/" => Some("Welcome"),
+            "/about" => Some("About us"),
+            _ => None,
+        };
+        let (status, body) = match title {
+            Some(title) => (
+                200,
+                include_str!("embed/demo-page.html")
+                    .replace("{{TITLE}}", title)
+                    .replace("{{PROXY}}", &self.proxy_url),
+            ),
+            None => (404, "not found".to_string()),
+        };
+        http::Response::builder()
+            .status(status)
+            .header("Content-Type", "text/html; charset=utf-8")
+            .header("Content-Length", body.len())
+            .header("Cache-Control", "no-store")
+            .body(body.into_bytes())
+            .expect("a valid response")
+    }
+}
+
+fn print_demo_banner(listen: &str, page_listen: &str) {
+    let port = port_of(listen);
+    let page = format!("http://localhost:{}/", port_of(page_listen));
     let base = format!("http://localhost:{port}/open-ai");
+    let base_js = format!("http://localhost:{port}");
     println!(
         "\nchatbot-proxy demo: proxy on {listen}, stub OpenAI upstream in-process (no key needed).\n\
+         See the widget in a browser: open {page} (a sample site embedding {base_js}/widget.js).\n\
          Stream a reply (creates a thread, then sends a message):\n\n  \
          T=$(curl -s -H 'Origin: http://localhost' {base}/create-thread | sed -E 's/.*\"id\":\"([^\"]+)\".*/\\1/') && \
          curl -N -H 'Origin: http://localhost' -H 'Content-Type: application/json' \

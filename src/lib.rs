@@ -7,7 +7,8 @@
 //! A map of the crate, from the outside in:
 //! - [`config`]: the TOML file or the old service's environment, validated.
 //! - [`origin`] and [`tenant`]: which website is calling, and which tenant serves it.
-//! - `routes`, [`request`], `errors`, `respond`: the widget-facing HTTP API.
+//! - `routes`, [`request`], `errors`, `respond`: the widget-facing HTTP API; `embed`: the
+//!   proxy's own embeddable widget (`/widget.js`) and its public `widget-config`.
 //! - [`dialect`]: how widget operations map to an upstream API (one module per API).
 //! - [`upstream`]: the HTTP client to OpenAI, on Pingora's connector; `upstream_call`: one
 //!   exchange on a tenant's behalf, its failures counted, logged and mapped in one place.
@@ -46,6 +47,7 @@ mod conversation;
 pub mod dialect;
 pub mod domain;
 mod downstream;
+mod embed;
 mod errors;
 pub mod handle;
 pub mod leads;

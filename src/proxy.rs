@@ -34,6 +34,7 @@ pub struct ChatbotProxy {
 
 impl ChatbotProxy {
     pub fn new(state: Arc<AppState>) -> Self {
+        crate::embed::prepare();
         ChatbotProxy { state }
     }
 }
@@ -143,6 +144,9 @@ impl ChatbotProxy {
         let method = req.method.clone();
         let route = Route::resolve(req.uri.path(), &self.state.config.server.prefix);
         ctx.route = route;
+        if route == Some(Route::WidgetJs) {
+            return crate::embed::serve_script(session).await;
+        }
         if route == Some(Route::Health) {
             if !Route::Health.allows(method.as_str()) {
                 let err = ApiError::method_not_allowed(Route::Health.allowed_methods());
@@ -193,6 +197,9 @@ impl ChatbotProxy {
             return respond::error(session, &err, ctx.cors()).await;
         }
 
+        if route == Route::WidgetConfig {
+            return crate::embed::serve_config(session, &tenant, ctx.cors()).await;
+        }
         // Request limits: refused before the body is read or anything goes upstream. A
         // process-message holds a stream slot until its answer has ended.
         let _stream_slot =
@@ -203,7 +210,9 @@ impl ChatbotProxy {
         let result = match route {
             Route::CreateThread => self.create_thread(session, ctx, &tenant).await,
             Route::ProcessMessage => self.process_message(session, ctx, &tenant).await,
-            Route::Health => unreachable!("answered above"),
+            Route::Health | Route::WidgetJs | Route::WidgetConfig => {
+                unreachable!("answered above")
+            }
         };
         match result {
             Ok(written) => written,

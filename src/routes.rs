@@ -12,6 +12,11 @@ pub enum Route {
     CreateThread,
     /// `{prefix}/process-message`: add a message and stream the answer.
     ProcessMessage,
+    /// `GET /widget.js`: the proxy's own embeddable widget, a public file outside the prefix
+    /// (see [`crate::embed`]).
+    WidgetJs,
+    /// `{prefix}/widget-config`: the public settings of the calling site's widget.
+    WidgetConfig,
 }
 
 impl Route {
@@ -21,10 +26,14 @@ impl Route {
         if path == "/healthz" {
             return Some(Route::Health);
         }
+        if path == "/widget.js" {
+            return Some(Route::WidgetJs);
+        }
         let rest = path.strip_prefix(prefix)?;
         match rest.strip_suffix('/').unwrap_or(rest) {
             "/create-thread" => Some(Route::CreateThread),
             "/process-message" => Some(Route::ProcessMessage),
+            "/widget-config" => Some(Route::WidgetConfig),
             _ => None,
         }
     }
@@ -35,24 +44,28 @@ impl Route {
             Route::Health => "healthz",
             Route::CreateThread => "create-thread",
             Route::ProcessMessage => "process-message",
+            Route::WidgetJs => "widget.js",
+            Route::WidgetConfig => "widget-config",
         }
     }
 
     /// The methods this route answers (besides the CORS preflight `OPTIONS`).
     pub fn allows(self, method: &str) -> bool {
         match self {
-            Route::Health => method == "GET" || method == "HEAD",
+            Route::Health | Route::WidgetJs => method == "GET" || method == "HEAD",
             Route::CreateThread => method == "GET" || method == "POST",
             Route::ProcessMessage => method == "POST",
+            Route::WidgetConfig => method == "GET",
         }
     }
 
     /// The `Allow` list, for 405 answers.
     pub fn allowed_methods(self) -> &'static str {
         match self {
-            Route::Health => "GET, HEAD",
+            Route::Health | Route::WidgetJs => "GET, HEAD",
             Route::CreateThread => "GET, POST, OPTIONS",
             Route::ProcessMessage => "POST, OPTIONS",
+            Route::WidgetConfig => "GET, OPTIONS",
         }
     }
 }
@@ -87,6 +100,22 @@ mod tests {
     #[test]
     fn health_is_outside_the_prefix() {
         assert_eq!(Route::resolve("/healthz", "/open-ai"), Some(Route::Health));
+    }
+
+    #[test]
+    fn the_widget_script_is_served_on_any_prefix_and_its_config_under_it() {
+        for prefix in ["/open-ai", "", "/x/y"] {
+            assert_eq!(Route::resolve("/widget.js", prefix), Some(Route::WidgetJs));
+        }
+        assert_eq!(Route::resolve("/open-ai/widget.js", "/open-ai"), None);
+        assert_eq!(
+            Route::resolve("/open-ai/widget-config", "/open-ai"),
+            Some(Route::WidgetConfig)
+        );
+        assert_eq!(Route::resolve("/widget-config", "/open-ai"), None);
+        assert!(Route::WidgetConfig.allows("GET"));
+        assert!(!Route::WidgetConfig.allows("POST"));
+        assert!(Route::WidgetJs.allows("HEAD"));
     }
 
     #[test]

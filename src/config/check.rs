@@ -397,6 +397,26 @@ pub(crate) fn turnstile_secret(raw: &str, what: &str, at: &At) -> Result<Secret,
     Ok(Secret::new(secret))
 }
 
+/// A tenant's Turnstile site key (public): one word of letters, digits, `-` and `_`, as the
+/// Cloudflare dashboard shows it; `""` is none.
+pub(crate) fn turnstile_site_key(raw: &str, at: &At) -> Result<Option<String>, ConfigError> {
+    let key = raw.trim();
+    if key.is_empty() {
+        return Ok(None);
+    }
+    let word = key
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !word || key.len() > 100 {
+        return Err(at.err(format!(
+            "{} is not a Turnstile site key: paste the site key (not the secret) from the \
+             Cloudflare dashboard (Turnstile > Settings), e.g. 0x4AAAAAAA...",
+            shown(key)
+        )));
+    }
+    Ok(Some(key.to_string()))
+}
+
 /// `tenants[i].max_output_tokens` / `MAX_OUTPUT_TOKENS`: 16 (OpenAI refuses fewer) to 1,000,000.
 /// There is no default: without the setting the upstream's own limit applies.
 pub(crate) fn output_tokens(value: i64, at: &At) -> Result<u32, ConfigError> {

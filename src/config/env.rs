@@ -39,6 +39,7 @@ const EMAIL_TO: &str = "EMAIL_TO";
 const DAILY_TOKEN_BUDGETS: &str = "DAILY_TOKEN_BUDGETS";
 // bot check (Turnstile)
 const TURNSTILE_SECRETS: &str = "TURNSTILE_SECRETS";
+const TURNSTILE_SITE_KEYS: &str = "TURNSTILE_SITE_KEYS";
 
 /// What each array looks like, for messages.
 fn example(name: &str) -> &'static str {
@@ -51,6 +52,7 @@ fn example(name: &str) -> &'static str {
         "TRUSTED_PROXIES" => r#"TRUSTED_PROXIES='["10.0.0.0/8","2001:db8::/32"]'"#,
         "OPENAI_RESOLVE" => r#"OPENAI_RESOLVE='["203.0.113.7","2001:db8::7"]'"#,
         TURNSTILE_SECRETS => r#"TURNSTILE_SECRETS='["0x4AAAAAAA...", ""]'"#,
+        TURNSTILE_SITE_KEYS => r#"TURNSTILE_SITE_KEYS='["0x4AAAAAAA...", ""]'"#,
         _ => r#"EMAIL_TO='["sales@example.com"]'"#,
     }
 }
@@ -171,6 +173,8 @@ pub fn from_env_map(env: &HashMap<String, String>) -> Result<Config, ConfigError
     // bot check (Turnstile)
     let turnstile_secrets = secret_strings(env, TURNSTILE_SECRETS)?;
     one_or_all(TURNSTILE_SECRETS, turnstile_secrets.len(), n)?;
+    let turnstile_site_keys = secret_strings(env, TURNSTILE_SITE_KEYS)?;
+    one_or_all(TURNSTILE_SITE_KEYS, turnstile_site_keys.len(), n)?;
     let output_tokens = max_output_tokens(env, n)?;
 
     let tenants = (0..n).map(|i| {
@@ -211,6 +215,7 @@ pub fn from_env_map(env: &HashMap<String, String>) -> Result<Config, ConfigError
                     value: Secret::new(entry.value),
                     from: entry.from,
                 }),
+            turnstile_site_key: for_tenant(&turnstile_site_keys, TURNSTILE_SITE_KEYS, i),
             max_output_tokens: output_tokens.get(i).cloned().flatten(),
             ..RawTenant::default()
         };
@@ -1230,6 +1235,20 @@ mod tests {
         assert_eq!(turnstile.endpoint.port, 8099);
         assert_eq!(turnstile.endpoint.base_path, "/siteverify");
         assert_eq!(turnstile.timeout, std::time::Duration::from_millis(500));
+
+        // Site keys (public), one per domain or one for all.
+        let config = from_env_map(&two_sites(&[(
+            "TURNSTILE_SITE_KEYS",
+            r#"["", "0x4AAA-site"]"#,
+        )]))
+        .unwrap();
+        assert_eq!(config.tenants[0].turnstile_site_key, None);
+        assert_eq!(
+            config.tenants[1].turnstile_site_key.as_deref(),
+            Some("0x4AAA-site")
+        );
+        let err = err_of(&two_sites(&[("TURNSTILE_SITE_KEYS", r#"["a b"]"#)]));
+        assert!(err.starts_with("TURNSTILE_SITE_KEYS[0]: "), "{err}");
 
         // One entry serves every domain.
         let config =

@@ -1338,6 +1338,28 @@ tools = [
         assert_eq!(e.connect_timeout, Duration::from_millis(250));
         assert_eq!(e.first_byte_timeout, Duration::from_millis(250));
         assert_eq!(e.address_connect_timeout, Duration::from_millis(250));
+        assert_eq!(
+            config.tenants[0].turnstile_site_key, None,
+            "no site key by default"
+        );
+
+        // The site key is public: the proxy's widget gets it from widget-config.
+        let config = load(&format!(
+            "{MINIMAL}turnstile_secret = \"0xS\"\nturnstile_site_key = \" 0x4AAA-site_key \"\n"
+        ))
+        .unwrap();
+        let key = config.tenants[0].turnstile_site_key.as_deref();
+        assert_eq!(key, Some("0x4AAA-site_key"));
+        let config = load(&format!("{MINIMAL}turnstile_site_key = \"\"\n")).unwrap();
+        assert_eq!(config.tenants[0].turnstile_site_key, None, "\"\" is none");
+        let err = load_err(&format!(
+            "{MINIMAL}turnstile_site_key = \"0x4AAA <script>\"\n"
+        ));
+        assert!(
+            err.contains("tenants[0].turnstile_site_key: ")
+                && err.contains("not a Turnstile site key"),
+            "{err}"
+        );
 
         let env = env(&[("ACME_TURNSTILE", " 0x4AAA-from-env ")]);
         let text = format!("{MINIMAL}turnstile_secret_env = \"ACME_TURNSTILE\"\n");

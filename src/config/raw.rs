@@ -234,6 +234,7 @@ pub(crate) struct RawTenant {
     // bot check (Turnstile)
     pub(crate) turnstile_secret: Opt<Secret>,
     pub(crate) turnstile_secret_env: Opt<String>,
+    pub(crate) turnstile_site_key: Opt<String>,
     // output tokens
     pub(crate) max_output_tokens: Opt<i64>,
 }

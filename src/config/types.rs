@@ -189,6 +189,9 @@ pub struct Tenant {
     /// `TURNSTILE_SECRETS`): when set, create-thread needs a valid `CF-Turnstile-Response`
     /// token; `None`: no bot check.
     pub turnstile_secret: Option<Secret>,
+    /// The Turnstile site key (`turnstile_site_key`, `TURNSTILE_SITE_KEYS`): public, handed to
+    /// the proxy's own widget by `widget-config` so it can render the challenge.
+    pub turnstile_site_key: Option<String>,
     // output tokens
     /// Most tokens one answer may generate (`max_completion_tokens` on Assistants runs,
     /// `max_output_tokens` on Responses requests); `None`: the upstream's own limit.

@@ -563,6 +563,13 @@ fn tenant(
             )?
             .filter(|&tokens| tokens > 0),
         turnstile_secret,
+        turnstile_site_key: src
+            .text(
+                &raw.turnstile_site_key,
+                &key("turnstile_site_key"),
+                check::turnstile_site_key,
+            )?
+            .flatten(),
         max_output_tokens,
     })
 }

@@ -219,6 +219,7 @@ mod tests {
             rate_limit: None,
             daily_token_budget: None,
             turnstile_secret: None,
+            turnstile_site_key: None,
             max_output_tokens: None,
         }
     }

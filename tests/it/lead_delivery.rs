@@ -53,6 +53,7 @@ fn tenant() -> Tenant {
         rate_limit: None,
         daily_token_budget: None,
         turnstile_secret: None,
+        turnstile_site_key: None,
         max_output_tokens: None,
     }
 }

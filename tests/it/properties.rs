@@ -777,6 +777,7 @@ fn tenant(name: String, domains: Vec<String>) -> Tenant {
         rate_limit: None,
         daily_token_budget: None,
         turnstile_secret: None,
+        turnstile_site_key: None,
         max_output_tokens: None,
     }
 }
