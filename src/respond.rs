@@ -71,6 +71,10 @@ pub async fn error(session: &mut Session, err: &ApiError, cors_origin: Option<&s
     let mut extra = Vec::new();
     if let Some(retry) = &err.retry_after {
         extra.push(("Retry-After", retry.clone()));
+        if cors_origin.is_some() {
+            // The widget's script may read it, to say when to try again.
+            extra.push(("Access-Control-Expose-Headers", "Retry-After".into()));
+        }
     }
     if err.status == 413 {
         // The rest of an oversized body is not read: the connection cannot be reused.

@@ -101,7 +101,7 @@
 
   var SAFE_PROTOCOLS = { "http:": true, "https:": true, "mailto:": true };
 
-  /** The URL if it is absolute http(s) or mailto, else null. */
+  /** The URL if it is absolute and its scheme is a safe one, else null. */
   function safeUrl(href) {
     try {
       var url = new URL(href);
@@ -127,6 +127,29 @@
 
   var LINK = /^\[([^\[\]\n]+)\]\(\s*<?([^()<>\s]+)>?\s*\)/;
   var BARE_URL = /^(?:https?:\/\/|mailto:)[^\s<>()\[\]]*[^\s<>()\[\].,;:!?'"*_]/;
+
+  var WORD = /[A-Za-z0-9]/;
+
+  /**
+   * Where the emphasis `marker` opened at `from` closes, or -1: not right after the opening
+   * or a space, not before a space; `_` never inside a word (snake_case stays text).
+   */
+  function closing(text, marker, from) {
+    if (from >= text.length || text.charAt(from) === " ") {
+      return -1;
+    }
+    for (var at = text.indexOf(marker, from + 1); at > 0; at = text.indexOf(marker, at + 1)) {
+      var after = text.charAt(at + marker.length);
+      if (text.charAt(at - 1) === " " || after === marker.charAt(0)) {
+        continue;
+      }
+      if (marker.charAt(0) === "_" && WORD.test(after)) {
+        continue;
+      }
+      return at;
+    }
+    return -1;
+  }
 
   /** Inline Markdown of `text` into `parent`: **bold**, *em*, `code`, [links](url), URLs. */
   function inline(text, parent, allowLinks) {
@@ -163,19 +186,12 @@
           continue;
         }
       }
-      if ((c === "*" || c === "_") && text.charAt(i + 1) === c) {
-        var close = text.indexOf(c + c, i + 2);
-        if (close > i + 2 && text.charAt(i + 2) !== " ") {
-          wrap("strong", text.slice(i + 2, close));
-          i = close + 2;
-          continue;
-        }
-      }
-      if ((c === "*" || c === "_") && text.charAt(i + 1) !== " " && !/[A-Za-z0-9]/.test(prev)) {
-        var stop = text.indexOf(c, i + 1);
-        if (stop > i + 1 && text.charAt(stop - 1) !== " ") {
-          wrap("em", text.slice(i + 1, stop));
-          i = stop + 1;
+      if ((c === "*" || c === "_") && !(c === "_" && WORD.test(prev))) {
+        var marker = text.charAt(i + 1) === c ? c + c : c;
+        var close = closing(text, marker, i + marker.length);
+        if (close > 0) {
+          wrap(marker.length === 2 ? "strong" : "em", text.slice(i + marker.length, close));
+          i = close + marker.length;
           continue;
         }
       }
@@ -664,9 +680,6 @@
     var problem = p instanceof Problem ? p : new Problem("unknown");
     var bubble = addBubble("error", problem.text());
     bubble.setAttribute("data-kind", problem.kind);
-    if (problem.kind === "bot_check_failed") {
-      refreshChallenge();
-    }
   }
 
   function renderHistory() {

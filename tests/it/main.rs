@@ -30,4 +30,5 @@ mod upstream_addresses;
 mod upstream_errors;
 mod validation;
 mod whitelist_cors;
+mod widget_js;
 mod widget_v1;
