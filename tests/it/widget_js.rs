@@ -1063,3 +1063,102 @@ async fn usable_on_a_360_px_wide_screen() {
     assert!(!overflow, "nothing scrolls sideways");
     screenshot(&page, "widget-phone-360").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversation_the_proxy_no_longer_knows_continues_in_a_new_one() {
+    // A handle kept from an earlier visit that the proxy does not know (forged, expired, or
+    // signed by a secret since replaced).
+    let stale = format!("thread_{}.{}", "a".repeat(24), "A".repeat(32));
+    let (stub, proxy) = start(Api::Assistants, KEY_A, "", "");
+    let key = format!("chatbot-proxy:http://proxy.example:{}/open-ai", proxy.port);
+    let saved = serde_json::json!({"handle": stale, "messages": [], "open": true}).to_string();
+    let prelude = format!(
+        "<script>sessionStorage.setItem({}, {});</script>",
+        js(&key),
+        js(&saved)
+    );
+    let pages = shop(&proxy, "", &prelude);
+    let browser = Browser::launch().await;
+    let page = browser.open(&pages.url(SITE, "/")).await;
+    wait_until(&page, "$w('.cbp-panel') && !$w('.cbp-panel').hidden", WAIT).await;
+    send(&page, "still there?").await;
+    assert_eq!(reply(&page, 1).await, "You said: still there?");
+    let errors: Vec<String> = eval(&page, "__errors()").await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(conversations_created(&stub), 1);
+    let handle: String = eval(
+        &page,
+        &format!("JSON.parse(sessionStorage.getItem({})).handle", js(&key)),
+    )
+    .await;
+    assert_ne!(handle, stale);
+}
+
+/// `chatbot-proxy demo` on free ports, in a temporary directory; killed when dropped.
+struct Demo {
+    child: std::process::Child,
+    page_port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Demo {
+    fn start() -> Demo {
+        let dir = tempfile::tempdir().unwrap();
+        let (proxy_port, stub_port, page_port) = (free_port(), free_port(), free_port());
+        let child = std::process::Command::new(BIN)
+            .current_dir(dir.path())
+            .args(["demo", "--pace-ms", "5"])
+            .args(["--listen", &format!("127.0.0.1:{proxy_port}")])
+            .args(["--stub-listen", &format!("127.0.0.1:{stub_port}")])
+            .args(["--page-listen", &format!("127.0.0.1:{page_port}")])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the demo");
+        let demo = Demo {
+            child,
+            page_port,
+            _dir: dir,
+        };
+        let ready = eventually(Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", page_port)).is_ok()
+                && std::net::TcpStream::connect(("127.0.0.1", proxy_port)).is_ok()
+        });
+        assert!(ready, "the demo did not start");
+        demo
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_serves_a_page_where_the_widget_works() {
+    let demo = Demo::start();
+    let browser = Browser::launch().await;
+    let url = format!("http://localhost:{}/", demo.page_port);
+    let page = browser.open(&url).await;
+    // The demo's page is a newcomer's: the tests' helpers are added to it.
+    let helpers = PAGE_HELPERS
+        .trim_start_matches("<script>")
+        .trim_end_matches("</script>");
+    eval::<Value>(&page, &format!("{helpers}; true")).await;
+    open_widget(&page).await;
+    send(&page, "Hello from the demo").await;
+    assert_eq!(reply(&page, 1).await, "You said: Hello from the demo");
+    screenshot(&page, "widget-demo").await;
+    page.goto(format!("http://localhost:{}/about", demo.page_port))
+        .await
+        .unwrap();
+    wait_until(&page, "document.title.indexOf('About us') === 0", WAIT).await;
+    eval::<Value>(&page, &format!("{helpers}; true")).await;
+    // The conversation came along to the other page.
+    wait_until(&page, "__replies().length === 1", WAIT).await;
+    let text: Vec<String> = eval(&page, "__replies()").await;
+    assert_eq!(text, ["You said: Hello from the demo"]);
+}
