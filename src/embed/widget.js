@@ -138,7 +138,10 @@
     if (from >= text.length || text.charAt(from) === " ") {
       return -1;
     }
-    for (var at = text.indexOf(marker, from + 1); at > 0; at = text.indexOf(marker, at + 1)) {
+    // A bounded search: a line of a thousand asterisks must not freeze the page.
+    var tries = 0;
+    for (var at = text.indexOf(marker, from + 1); at > 0 && tries < 40; at = text.indexOf(marker, at + 1)) {
+      tries += 1;
       var after = text.charAt(at + marker.length);
       if (text.charAt(at - 1) === " " || after === marker.charAt(0)) {
         continue;
@@ -169,7 +172,6 @@
     }
     while (i < text.length) {
       var c = text.charAt(i);
-      var rest = text.slice(i);
       var prev = i > 0 ? text.charAt(i - 1) : " ";
       var m;
       if (c === "\\" && /[\\`*_\[\]()#+\-.!>]/.test(text.charAt(i + 1))) {
@@ -195,13 +197,13 @@
           continue;
         }
       }
-      if (allowLinks && c === "[" && (m = LINK.exec(rest))) {
+      if (allowLinks && c === "[" && (m = LINK.exec(text.slice(i)))) {
         flush();
         link(parent, m[2], m[1]);
         i += m[0].length;
         continue;
       }
-      if (allowLinks && (c === "h" || c === "m") && !/[A-Za-z0-9]/.test(prev) && (m = BARE_URL.exec(rest))) {
+      if (allowLinks && (c === "h" || c === "m") && !WORD.test(prev) && (m = BARE_URL.exec(text.slice(i)))) {
         flush();
         link(parent, m[0], m[0]);
         i += m[0].length;

@@ -385,6 +385,17 @@ async fn streams_a_reply(api: Api) {
     send(&page, "and again").await;
     assert_eq!(reply(&page, 2).await, "You said: and again");
     assert_eq!(conversations_created(&stub), 1);
+
+    // An answer after a tool call: two upstream streams on one response, one reply.
+    send(
+        &page,
+        r#"look it up [stub:tool_calls=[{"name":"lookup","arguments":"{}"}]]"#,
+    )
+    .await;
+    let text = reply(&page, 3).await;
+    assert!(text.starts_with("Tool output: "), "{text}");
+    let errors: Vec<String> = eval(&page, "__errors()").await;
+    assert!(errors.is_empty(), "{errors:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
