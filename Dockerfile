@@ -38,17 +38,18 @@ RUN --mount=type=cache,id=chatbot-proxy-cargo-registry,target=/usr/local/cargo/r
     --mount=type=cache,id=chatbot-proxy-target,target=/src/target,sharing=locked \
     cargo build --release --locked --no-default-features --bin chatbot-proxy \
  && install -D -m 0755 target/release/chatbot-proxy /out/chatbot-proxy \
- && install -d -m 0750 /out/data \
+ && install -d -m 0750 /out/state/chatbot-proxy \
  && install -d -m 0755 /out/etc
 
 # The runtime: distroless/cc (glibc, libgcc_s, CA certificates, tzdata; no shell, no package
 # manager). Its Debian version must be DEBIAN_RELEASE's (bookworm is 12).
 FROM gcr.io/distroless/cc-debian12
 COPY --from=builder /out/chatbot-proxy /usr/local/bin/chatbot-proxy
-# The data dir, owned by the non-root user 10001 (no shell here to create it: made in the
-# builder and copied). 10001 has no /etc/passwd entry (the binary needs none); the distroless
-# user `nonroot` (65532) is left unused, so volumes made for earlier images keep their owner.
-COPY --from=builder --chown=10001:10001 /out/data/ /var/lib/chatbot-proxy/
+# The data dir, mode 0750, owned by the non-root user 10001 (no shell here to create it: made
+# in the builder, copied as a directory so its mode stays). 10001 has no /etc/passwd entry (the
+# binary needs none); the distroless user `nonroot` (65532) is left unused, so volumes made for
+# earlier images keep their owner.
+COPY --from=builder --chown=10001:10001 /out/state/ /var/lib/
 COPY --from=builder /out/etc/ /etc/chatbot-proxy/
 
 LABEL org.opencontainers.image.title="chatbot-proxy" \
