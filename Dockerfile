@@ -30,8 +30,8 @@ COPY . .
 # (the workspace's stub/ crate is still in the context: cargo reads every member's manifest).
 # --locked: exactly the versions in Cargo.lock, or fail. The cache mounts (BuildKit, and
 # buildah/podman) only keep downloaded crates and compiled dependencies between builds;
-# the binary is copied out of the cached target dir in the same step. Stripped (symbols and
-# debug info out: about half the size); the host's release profile keeps them for profiling.
+# the binary is copied out of the cached target dir in the same step. Stripped (its symbol
+# tables out: 17.7 MB -> 14.4 MB); the host's release builds keep them for profiling.
 ENV CARGO_PROFILE_RELEASE_STRIP=true
 RUN --mount=type=cache,id=chatbot-proxy-cargo-registry,target=/usr/local/cargo/registry \
     --mount=type=cache,id=chatbot-proxy-cargo-git,target=/usr/local/cargo/git \
