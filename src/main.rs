@@ -3,6 +3,7 @@
 
 #[cfg(feature = "stub")]
 mod demo;
+mod healthcheck;
 
 use chatbot_proxy::{config, logging, server};
 use clap::Parser;
@@ -33,6 +34,11 @@ struct Cli {
     #[arg(long, short = 'u')]
     upgrade: bool,
 
+    /// Probe a running proxy's `GET /healthz` on this machine and exit 0 if it answers 200
+    /// (container health checks without a shell). Target: PORT or ADDR, else $PORT, else 3000.
+    #[arg(long, value_name = "PORT|ADDR", num_args = 0..=1, default_missing_value = "")]
+    health_check: Option<String>,
+
     #[cfg(feature = "stub")]
     #[command(subcommand)]
     command: Option<demo::Command>,
@@ -41,6 +47,9 @@ struct Cli {
 fn main() -> ExitCode {
     logging::init();
     let cli = Cli::parse();
+    if let Some(target) = cli.health_check.as_deref() {
+        return healthcheck::run(target);
+    }
     #[cfg(feature = "stub")]
     if let Some(command) = cli.command {
         return demo::run(command);

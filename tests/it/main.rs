@@ -13,6 +13,7 @@ mod budgets;
 mod client_timeouts;
 mod config_modes;
 mod handles;
+mod healthcheck;
 mod lead_capture;
 mod lead_delivery;
 mod lead_flood;
