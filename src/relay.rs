@@ -1,8 +1,12 @@
 //! The stream relay: upstream event-stream bytes to the browser, as they arrive.
 //!
 //! In the `openai` framing each upstream chunk is written to the client unchanged and at once
-//! (Pingora flushes every chunk of a chunked body); in the `widget-v1` framing each event the
-//! widget knows is translated and written on its own. Either way the same bytes go through the
+//! (Pingora flushes every chunk of a chunked body). In the `widget-v1` framing the events the
+//! widget knows are translated, what is ready at the same moment (the upstream bytes already
+//! there when the relay reads) is merged by [`widget::coalesce`], and each resulting event
+//! is written on its own, at least [`WIDGET_WRITE_GAP`] after the previous one: the old widget
+//! takes each `read()` as one event, and writes sent back to back could reach it as one read
+//! (what arrives during the pause goes into the next write). Either way the same bytes go through the
 //! SSE parser and the dialect's [`EventReader`], so the relay knows when the run ended, failed,
 //! was cut, or waits for tool outputs. After a `requires_action` the rest of that upstream
 //! stream (its `done`) is held back: the continuation follows on the same response.
@@ -14,10 +18,16 @@ use crate::sse::{encode_event, SseParser};
 use crate::store::Held;
 use crate::upstream::{UpstreamError, UpstreamResponse};
 use crate::widget;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use pingora_proxy::Session;
 use serde_json::json;
-use std::time::Instant;
+use std::future::Future;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+/// The least time between two writes of the `widget-v1` framing, so that the browser reads
+/// them apart. A completed answer's three last writes take twice this.
+pub const WIDGET_WRITE_GAP: Duration = Duration::from_millis(50);
 
 /// How events are framed for the browser.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +84,8 @@ pub struct Relay<'s> {
     /// The conversation's lock: freed before the stream's last byte, so a browser that sends
     /// its next message as soon as this answer ended never finds it still locked.
     lock: Option<Held>,
+    /// When the last `widget-v1` write went out (see [`WIDGET_WRITE_GAP`]).
+    last_widget_write: Option<Instant>,
 }
 
 impl<'s> Relay<'s> {
@@ -105,6 +117,7 @@ impl<'s> Relay<'s> {
             redactor: None,
             first_text: None,
             lock: None,
+            last_widget_write: None,
         })
     }
 
@@ -127,11 +140,20 @@ impl<'s> Relay<'s> {
         self.client_gone
     }
 
-    /// Write bytes to the client at once. `false` if the client is gone.
+    /// Waits until a `widget-v1` write may follow the previous one ([`WIDGET_WRITE_GAP`]).
+    async fn pace(&self) {
+        if let (Framing::WidgetV1(_), Some(last)) = (self.framing, self.last_widget_write) {
+            tokio::time::sleep_until((last + WIDGET_WRITE_GAP).into()).await;
+        }
+    }
+
+    /// Write bytes to the client at once (in `widget-v1`, once the previous write is
+    /// [`WIDGET_WRITE_GAP`] old). `false` if the client is gone.
     pub async fn write(&mut self, bytes: Bytes) -> bool {
         if self.client_gone {
             return false;
         }
+        self.pace().await;
         let n = bytes.len();
         if self
             .session
@@ -144,6 +166,9 @@ impl<'s> Relay<'s> {
             return false;
         }
         self.bytes_sent += n;
+        if let Framing::WidgetV1(_) = self.framing {
+            self.last_widget_write = Some(Instant::now());
+        }
         true
     }
 
@@ -159,16 +184,26 @@ impl<'s> Relay<'s> {
         let mut last = None;
         // After `requires_action`, nothing more of this leg reaches the client.
         let mut holding = false;
+        // What the upstream said after the chunks taken with the previous one (widget-v1).
+        let mut stashed = None;
+        let widget = matches!(self.framing, Framing::WidgetV1(_));
         loop {
-            let next = tokio::select! {
-                next = upstream.next_chunk() => next,
-                () = watch_close(self.session, &mut self.watch_client) => {
-                    self.client_gone = true;
-                    self.session.set_keepalive(None);
-                    return LegEnd::ClientGone { last };
-                }
+            if widget {
+                // Let what arrives until the next write may go out become one write.
+                self.pace().await;
+            }
+            let next = match stashed.take() {
+                Some(next) => next,
+                None => tokio::select! {
+                    next = upstream.next_chunk() => next,
+                    () = watch_close(self.session, &mut self.watch_client) => {
+                        self.client_gone = true;
+                        self.session.set_keepalive(None);
+                        return LegEnd::ClientGone { last };
+                    }
+                },
             };
-            let chunk = match next {
+            let mut chunk = match next {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) if parser.has_partial() => {
                     return LegEnd::Broken(UpstreamError::Broken(
@@ -178,6 +213,11 @@ impl<'s> Relay<'s> {
                 Ok(None) => return LegEnd::EndedEarly { last },
                 Err(e) => return LegEnd::Broken(e),
             };
+            if widget {
+                let (joined, next) = with_ready_chunks(upstream, chunk).await;
+                chunk = joined;
+                stashed = next;
+            }
             let Ok(events) = parser.push_with_ends(&chunk) else {
                 return LegEnd::Garbled;
             };
@@ -190,7 +230,7 @@ impl<'s> Relay<'s> {
                 let signal = reader.observe(event);
                 text |= !holding && reader.is_text_delta(event);
                 if let (Framing::WidgetV1(dialect), false) = (self.framing, holding) {
-                    writes.extend(widget::translate(dialect, event, &signal, continuation));
+                    writes.extend(widget::translate_event(dialect, event, &signal, continuation));
                 }
                 match signal {
                     Signal::Progress => {}
@@ -224,8 +264,8 @@ impl<'s> Relay<'s> {
                 Framing::Raw => !self.client_gone,
                 Framing::WidgetV1(_) => {
                     let mut ok = !self.client_gone;
-                    for write in writes {
-                        ok = self.write(write).await;
+                    for event in widget::coalesce(writes) {
+                        ok = self.write(widget::frame(&event)).await;
                         if !ok {
                             break;
                         }
@@ -270,6 +310,32 @@ impl<'s> Relay<'s> {
         if self.session.write_response_body(None, true).await.is_err() {
             self.client_gone = true;
             self.session.set_keepalive(None);
+        }
+    }
+}
+
+/// `chunk` joined with the upstream's next chunks that are already there (read without
+/// waiting), and what the upstream said after them if that was not a chunk (its end or a
+/// failure, for the next round).
+async fn with_ready_chunks(
+    upstream: &mut UpstreamResponse,
+    chunk: Bytes,
+) -> (Bytes, Option<Result<Option<Bytes>, UpstreamError>>) {
+    let mut joined: Option<BytesMut> = None;
+    loop {
+        let ready = {
+            let mut next = std::pin::pin!(upstream.next_chunk());
+            // One poll: a read that would wait is dropped before it took any byte.
+            std::future::poll_fn(|cx| Poll::Ready(next.as_mut().poll(cx))).await
+        };
+        match ready {
+            Poll::Ready(Ok(Some(more))) => joined
+                .get_or_insert_with(|| BytesMut::from(&chunk[..]))
+                .extend_from_slice(&more),
+            Poll::Ready(other) => {
+                return (joined.map_or(chunk, BytesMut::freeze), Some(other));
+            }
+            Poll::Pending => return (joined.map_or(chunk, BytesMut::freeze), None),
         }
     }
 }

@@ -17,6 +17,7 @@ mod lead_capture;
 mod lead_delivery;
 mod lead_flood;
 mod limits;
+mod old_widget;
 mod logging;
 mod metrics;
 mod properties;
