@@ -4,9 +4,11 @@
 //! (Pingora flushes every chunk of a chunked body). In the `widget-v1` framing the events the
 //! widget knows are translated, what is ready at the same moment (the upstream bytes already
 //! there when the relay reads) is merged by [`widget::coalesce`], and each resulting event
-//! is written on its own, at least [`WIDGET_WRITE_GAP`] after the previous one: the old widget
-//! takes each `read()` as one event, and writes sent back to back could reach it as one read
-//! (what arrives during the pause goes into the next write). Either way the same bytes go through the
+//! is written on its own, at least [`WIDGET_WRITE_GAP`] after the previous one (the completed
+//! message or `system.error`, which carry the final text, [`FULL_TEXT_GAP`] apart from both
+//! neighbours):
+//! the old widget takes each `read()` as one event, and writes sent back to back could reach
+//! it as one read (what arrives during the pause goes into the next write). Either way the same bytes go through the
 //! SSE parser and the dialect's [`EventReader`], so the relay knows when the run ended, failed,
 //! was cut, or waits for tool outputs. After a `requires_action` the rest of that upstream
 //! stream (its `done`) is held back: the continuation follows on the same response.
@@ -26,8 +28,14 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 /// The least time between two writes of the `widget-v1` framing, so that the browser reads
-/// them apart. A completed answer's three last writes take twice this.
+/// them apart (a busy browser may take a while to read).
 pub const WIDGET_WRITE_GAP: Duration = Duration::from_millis(50);
+
+/// The least time between a `widget-v1` write that carries the final text (a completed
+/// message, a `system.error`) and its neighbours: were it read together with another event,
+/// the widget would lose that text. A completed answer's last three writes take about twice
+/// this plus [`WIDGET_WRITE_GAP`].
+pub const FULL_TEXT_GAP: Duration = Duration::from_millis(250);
 
 /// How events are framed for the browser.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,8 +92,9 @@ pub struct Relay<'s> {
     /// The conversation's lock: freed before the stream's last byte, so a browser that sends
     /// its next message as soon as this answer ended never finds it still locked.
     lock: Option<Held>,
-    /// When the last `widget-v1` write went out (see [`WIDGET_WRITE_GAP`]).
-    last_widget_write: Option<Instant>,
+    /// When the last `widget-v1` write went out, and how long the next one must wait after
+    /// it (see [`WIDGET_WRITE_GAP`]).
+    last_widget_write: Option<(Instant, Duration)>,
 }
 
 impl<'s> Relay<'s> {
@@ -140,20 +149,27 @@ impl<'s> Relay<'s> {
         self.client_gone
     }
 
-    /// Waits until a `widget-v1` write may follow the previous one ([`WIDGET_WRITE_GAP`]).
-    async fn pace(&self) {
-        if let (Framing::WidgetV1(_), Some(last)) = (self.framing, self.last_widget_write) {
-            tokio::time::sleep_until((last + WIDGET_WRITE_GAP).into()).await;
+    /// Waits until a `widget-v1` write that needs `apart` from the previous one may follow it
+    /// (the previous one may need more).
+    async fn pace(&self, apart: Duration) {
+        if let (Framing::WidgetV1(_), Some((last, after))) = (self.framing, self.last_widget_write)
+        {
+            tokio::time::sleep_until((last + apart.max(after)).into()).await;
         }
     }
 
     /// Write bytes to the client at once (in `widget-v1`, once the previous write is
     /// [`WIDGET_WRITE_GAP`] old). `false` if the client is gone.
     pub async fn write(&mut self, bytes: Bytes) -> bool {
+        self.write_apart(bytes, WIDGET_WRITE_GAP).await
+    }
+
+    /// As [`Relay::write`], `apart` from the previous and the next write in `widget-v1`.
+    async fn write_apart(&mut self, bytes: Bytes, apart: Duration) -> bool {
         if self.client_gone {
             return false;
         }
-        self.pace().await;
+        self.pace(apart).await;
         let n = bytes.len();
         if self
             .session
@@ -167,7 +183,7 @@ impl<'s> Relay<'s> {
         }
         self.bytes_sent += n;
         if let Framing::WidgetV1(_) = self.framing {
-            self.last_widget_write = Some(Instant::now());
+            self.last_widget_write = Some((Instant::now(), apart));
         }
         true
     }
@@ -190,7 +206,7 @@ impl<'s> Relay<'s> {
         loop {
             if widget {
                 // Let what arrives until the next write may go out become one write.
-                self.pace().await;
+                self.pace(WIDGET_WRITE_GAP).await;
             }
             let next = match stashed.take() {
                 Some(next) => next,
@@ -265,7 +281,12 @@ impl<'s> Relay<'s> {
                 Framing::WidgetV1(_) => {
                     let mut ok = !self.client_gone;
                     for event in widget::coalesce(writes) {
-                        ok = self.write(widget::frame(&event)).await;
+                        let apart = if widget::is_full_text(&event) {
+                            FULL_TEXT_GAP
+                        } else {
+                            WIDGET_WRITE_GAP
+                        };
+                        ok = self.write_apart(widget::frame(&event), apart).await;
                         if !ok {
                             break;
                         }
@@ -295,7 +316,7 @@ impl<'s> Relay<'s> {
             }
             Framing::WidgetV1(_) => widget::system_error(message),
         };
-        self.write(event).await;
+        self.write_apart(event, FULL_TEXT_GAP).await;
         self.finish().await;
     }
 

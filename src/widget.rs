@@ -16,7 +16,7 @@ use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
 mod coalesce;
-pub use coalesce::coalesce;
+pub use coalesce::{coalesce, is_full_text};
 
 /// One widget-v1 event: `data: <json>\n\n`.
 pub fn frame(event: &Value) -> Bytes {

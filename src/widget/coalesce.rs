@@ -4,13 +4,13 @@
 //! The widget takes each `read()` of the body as one `data: <json>` event and silently drops
 //! a read holding two, so the relay never writes two events at once. What the widget shows
 //! is the text it accumulated (deltas appended, a completed message replacing it), or, while
-//! there is no text yet, the last status event's label. Hence, for the events of one moment:
+//! there is no text yet, the last other event's label. Hence, for the events of one moment:
 //! - consecutive text deltas become one delta carrying their texts (and annotations) joined;
-//! - a completed message supersedes every delta and status event before it, and is written
-//!   on its own: what follows it goes in a later write (it carries the full final text, which
-//!   must never be lost to a merged read);
-//! - a status event (run created, requires action, run completed) is superseded by any event
-//!   after it in the same write; after text it starts a later write (it is not dropped).
+//! - a completed message supersedes the deltas right before it, and is written on its own:
+//!   what follows it goes in a later write (it carries the full final text, which must never
+//!   be lost to a merged read);
+//! - every other event (run created, requires action, run completed, a delta of another
+//!   shape) is written as it is, on its own.
 //!
 //! Pure: events in stream order in, one event per write out.
 
@@ -23,18 +23,15 @@ enum Kind {
     Delta,
     /// The completed message: replaces the text.
     Completed,
-    /// Any other event: its label shows only while there is no text.
-    Status,
-    /// Written as it is, on its own: a delta of another shape, or a status after text.
-    Alone,
+    /// Any other event, written as it is.
+    Other,
 }
 
 fn kind(event: &Value) -> Kind {
     match event.get("event").and_then(Value::as_str) {
         Some("thread.message.delta") if delta_text(event).is_some() => Kind::Delta,
-        Some("thread.message.delta") => Kind::Alone,
         Some("thread.message.completed") => Kind::Completed,
-        _ => Kind::Status,
+        _ => Kind::Other,
     }
 }
 
@@ -79,44 +76,35 @@ fn append_delta(into: &mut Value, later: &Value) {
     }
 }
 
+/// Whether `event` carries the answer's full text (a completed message): it must never be
+/// read together with another event.
+pub fn is_full_text(event: &Value) -> bool {
+    kind(event) == Kind::Completed
+}
+
 /// `events` (all ready now, in stream order) as the fewest writes that leave the widget
 /// showing what the events one by one would: each element is one event, to be written on
 /// its own (see the module documentation for the rules).
 pub fn coalesce(events: Vec<Value>) -> Vec<Value> {
     let mut writes = Vec::new();
-    // The event of the write being built, and what it is.
-    let mut open: Option<(Kind, Value)> = None;
-    let mut seen_text = false;
+    // The deltas of the write being built, merged.
+    let mut text: Option<Value> = None;
     for event in events {
-        let this = match kind(&event) {
-            Kind::Status if seen_text => Kind::Alone,
-            other => other,
-        };
-        seen_text |= matches!(this, Kind::Delta | Kind::Completed);
-        open = match (open.take(), this) {
-            (Some((Kind::Delta, mut merged)), Kind::Delta) => {
-                append_delta(&mut merged, &event);
-                Some((Kind::Delta, merged))
-            }
-            (None | Some((Kind::Delta | Kind::Status, _)), Kind::Completed) => {
+        match (kind(&event), &mut text) {
+            (Kind::Delta, Some(merged)) => append_delta(merged, &event),
+            (Kind::Delta, None) => text = Some(event),
+            // Supersedes the deltas before it.
+            (Kind::Completed, _) => {
+                text = None;
                 writes.push(event);
-                None
             }
-            // A status shows only while nothing follows it.
-            (None | Some((Kind::Status, _)), _) => Some((this, event)),
-            // After text, or after an event written as it is: a later write.
-            (Some((_, earlier)), _) => {
-                writes.push(earlier);
-                if this == Kind::Completed {
-                    writes.push(event);
-                    None
-                } else {
-                    Some((this, event))
-                }
+            (Kind::Other, _) => {
+                writes.extend(text.take());
+                writes.push(event);
             }
-        };
+        }
     }
-    writes.extend(open.map(|(_, event)| event));
+    writes.extend(text);
     writes
 }
 
@@ -203,7 +191,7 @@ mod tests {
     #[test]
     fn consecutive_deltas_become_one() {
         let writes = checked(vec![created(), delta("You"), delta(" said:"), delta(" hi")]);
-        assert_eq!(writes, [delta("You said: hi")]);
+        assert_eq!(writes, [created(), delta("You said: hi")]);
     }
 
     #[test]
@@ -215,7 +203,7 @@ mod tests {
             completed("You said"),
             run_completed(),
         ]);
-        assert_eq!(writes, [completed("You said"), run_completed()]);
+        assert_eq!(writes, [created(), completed("You said"), run_completed()]);
         let writes = checked(vec![completed("One"), delta("Two"), completed("Two")]);
         assert_eq!(writes, [completed("One"), completed("Two")]);
         let writes = checked(vec![completed("One"), delta("Two"), delta(" more")]);
@@ -223,14 +211,13 @@ mod tests {
     }
 
     #[test]
-    fn a_status_is_superseded_by_what_follows_it_but_kept_after_text() {
+    fn other_events_are_written_as_they_are() {
         assert_eq!(
             checked(vec![created(), requires_action()]),
-            [requires_action()]
+            [created(), requires_action()]
         );
-        assert_eq!(checked(vec![created()]), [created()]);
         assert_eq!(
-            checked(vec![delta("Let me check"), requires_action(), delta("Done")]),
+            checked(vec![delta("Let me"), delta(" check"), requires_action(), delta("Done")]),
             [delta("Let me check"), requires_action(), delta("Done")]
         );
         assert_eq!(checked(vec![]), Vec::<Value>::new());
@@ -257,7 +244,9 @@ mod tests {
         let image = json!({"event": "thread.message.delta", "delta": {"content": [
             {"index": 0, "type": "image_file", "image_file": {"file_id": "file_1"}}]}});
         let writes = coalesce(vec![delta("a"), image.clone(), delta("b"), delta("c")]);
-        assert_eq!(writes, [delta("a"), image, delta("bc")]);
+        assert_eq!(writes, [delta("a"), image.clone(), delta("bc")]);
+        let writes = coalesce(vec![image.clone(), completed("x")]);
+        assert_eq!(writes, [image, completed("x")]);
     }
 
     #[test]
@@ -282,18 +271,23 @@ mod tests {
                     ("Tool output: done".to_string(), false),
                     "cut at {cut} and {cut2}"
                 );
-                let completed_at = writes
-                    .iter()
-                    .position(|w| w["event"] == "thread.message.completed")
-                    .expect("the completed message is written");
                 assert_eq!(
                     writes
                         .iter()
                         .filter(|w| w["event"] == "thread.message.completed")
                         .count(),
-                    1
+                    1,
+                    "{writes:#?}"
                 );
-                assert!(completed_at + 2 >= writes.len(), "{writes:#?}");
+                // The statuses all pass, in order.
+                let statuses: Vec<&Value> = writes
+                    .iter()
+                    .filter(|w| kind(w) == Kind::Other)
+                    .collect();
+                assert_eq!(
+                    statuses,
+                    [&created(), &requires_action(), &run_completed()]
+                );
             }
         }
     }
