@@ -246,7 +246,12 @@ impl<'s> Relay<'s> {
                 let signal = reader.observe(event);
                 text |= !holding && reader.is_text_delta(event);
                 if let (Framing::WidgetV1(dialect), false) = (self.framing, holding) {
-                    writes.extend(widget::translate_event(dialect, event, &signal, continuation));
+                    writes.extend(widget::translate_event(
+                        dialect,
+                        event,
+                        &signal,
+                        continuation,
+                    ));
                 }
                 match signal {
                     Signal::Progress => {}

@@ -114,8 +114,12 @@ fn translate_response_event(
                 "content": text_content(&item_text(item)),
             }))
         }
-        (_, Signal::RequiresAction) => Some(json!({"event": "thread.run.requires_action", "status": "requires_action"})),
-        (_, Signal::Completed) => Some(json!({"event": "thread.run.completed", "status": "completed"})),
+        (_, Signal::RequiresAction) => {
+            Some(json!({"event": "thread.run.requires_action", "status": "requires_action"}))
+        }
+        (_, Signal::Completed) => {
+            Some(json!({"event": "thread.run.completed", "status": "completed"}))
+        }
         _ => None,
     }
 }

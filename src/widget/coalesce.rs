@@ -149,9 +149,10 @@ mod tests {
                     .as_str()
                     .unwrap()
                     .to_string(),
-                "thread.message.completed" => {
-                    event["content"][0]["text"]["value"].as_str().unwrap().to_string()
-                }
+                "thread.message.completed" => event["content"][0]["text"]["value"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
                 "thread.run.created" => "Processing ...".into(),
                 "thread.run.requires_action" => "Performing thread action ...".into(),
                 "system.error" => event["content"].as_str().unwrap().to_string(),
@@ -217,7 +218,12 @@ mod tests {
             [created(), requires_action()]
         );
         assert_eq!(
-            checked(vec![delta("Let me"), delta(" check"), requires_action(), delta("Done")]),
+            checked(vec![
+                delta("Let me"),
+                delta(" check"),
+                requires_action(),
+                delta("Done")
+            ]),
             [delta("Let me check"), requires_action(), delta("Done")]
         );
         assert_eq!(checked(vec![]), Vec::<Value>::new());
@@ -233,9 +239,11 @@ mod tests {
         let writes = coalesce(vec![first, cited]);
         assert_eq!(
             writes,
-            [json!({"event": "thread.message.delta", "delta": {"content": [
+            [
+                json!({"event": "thread.message.delta", "delta": {"content": [
                 {"index": 0, "type": "text", "text": {"value": "See the file【4:0†a.pdf】",
-                 "annotations": [{"type": "file_citation", "text": "【4:0†a.pdf】"}]}}]}})]
+                 "annotations": [{"type": "file_citation", "text": "【4:0†a.pdf】"}]}}]}})
+            ]
         );
     }
 
@@ -252,7 +260,7 @@ mod tests {
     #[test]
     fn every_split_of_an_answer_shows_the_same_as_one_by_one() {
         // An answer with a tool round, cut into every pair of consecutive moments.
-        let answer = vec![
+        let answer = [
             created(),
             requires_action(),
             delta("Tool"),
@@ -280,14 +288,9 @@ mod tests {
                     "{writes:#?}"
                 );
                 // The statuses all pass, in order.
-                let statuses: Vec<&Value> = writes
-                    .iter()
-                    .filter(|w| kind(w) == Kind::Other)
-                    .collect();
-                assert_eq!(
-                    statuses,
-                    [&created(), &requires_action(), &run_completed()]
-                );
+                let statuses: Vec<&Value> =
+                    writes.iter().filter(|w| kind(w) == Kind::Other).collect();
+                assert_eq!(statuses, [&created(), &requires_action(), &run_completed()]);
             }
         }
     }

@@ -16,7 +16,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::harness::browser::{eval, screenshot, wait_until, Browser, PageServer};
+use crate::harness::browser::{eval, screenshot, screenshot_dir, wait_until, Browser, PageServer};
 use crate::harness::*;
 use crate::smtp_server::SmtpServer;
 use chromiumoxide::Page;
@@ -152,7 +152,7 @@ async fn open_widget(browser: &Browser, pages: &PageServer, site: &str) -> Page 
 /// The text of the bundle's last reply bubble and whether it is shown as an error.
 async fn last_reply(page: &Page) -> (String, bool) {
     let value: Value = eval(
-        &page,
+        page,
         "(() => { const all = document.querySelectorAll('.message.incoming .markdown-container'); \
          const last = all[all.length - 1]; \
          return [last.textContent.trim(), last.classList.contains('error')]; })()",
@@ -176,7 +176,10 @@ async fn send(page: &Page, message: &str, n: usize) -> ((String, bool), Vec<Stri
     let _: bool = eval(page, &set).await;
     wait_until(
         page,
-        &format!("window.__streams.length === {n} && window.__streams[{}].done", n - 1),
+        &format!(
+            "window.__streams.length === {n} && window.__streams[{}].done",
+            n - 1
+        ),
         Duration::from_secs(20),
     )
     .await;
@@ -196,6 +199,8 @@ async fn case(
     error: bool,
 ) {
     let started = Instant::now();
+    // A failure screenshot of an earlier run would mislead.
+    let _ = std::fs::remove_file(screenshot_dir().join(format!("old-widget-{name}-wrong.png")));
     let page = open_widget(browser, pages, site).await;
     for n in 1..=RUNS {
         let (shown, reads) = send(&page, message, n).await;
@@ -267,6 +272,15 @@ async fn a_failed_run_shows_its_error_text_every_time_on_both_apis() {
     let (_rig, pages, browser) = start().await;
     let want = "The assistant could not finish its answer (run failed).";
     for (site, name) in [(SITE_A, "failed-assistants"), (SITE_R, "failed-responses")] {
-        case(&browser, &pages, site, name, "Break [stub:fail]", want, true).await;
+        case(
+            &browser,
+            &pages,
+            site,
+            name,
+            "Break [stub:fail]",
+            want,
+            true,
+        )
+        .await;
     }
 }
