@@ -6,10 +6,9 @@
 //! there when the relay reads) is merged by [`widget::coalesce`], and each resulting event
 //! is written on its own, at least [`WIDGET_WRITE_GAP`] after the previous one (the completed
 //! message or `system.error`, which carry the final text, [`FULL_TEXT_GAP`] apart from both
-//! neighbours):
-//! the old widget takes each `read()` as one event, and writes sent back to back could reach
-//! it as one read (what arrives during the pause goes into the next write). Either way the same bytes go through the
-//! SSE parser and the dialect's [`EventReader`], so the relay knows when the run ended, failed,
+//! neighbours): the old widget takes each `read()` as one event, and writes sent back to back
+//! could reach it as one read (what arrives during the pause goes into the next write).
+//! Either way the same bytes go through the SSE parser and the dialect's [`EventReader`], so the relay knows when the run ended, failed,
 //! was cut, or waits for tool outputs. After a `requires_action` the rest of that upstream
 //! stream (its `done`) is held back: the continuation follows on the same response.
 
@@ -340,15 +339,19 @@ impl<'s> Relay<'s> {
     }
 }
 
+/// The most bytes [`with_ready_chunks`] joins (an upstream that always has more is still
+/// relayed in steps).
+const MAX_JOINED: usize = 64 * 1024;
+
 /// `chunk` joined with the upstream's next chunks that are already there (read without
-/// waiting), and what the upstream said after them if that was not a chunk (its end or a
-/// failure, for the next round).
+/// waiting, up to [`MAX_JOINED`] bytes), and what the upstream said after them if that was not
+/// a chunk (its end or a failure, for the next round).
 async fn with_ready_chunks(
     upstream: &mut UpstreamResponse,
     chunk: Bytes,
 ) -> (Bytes, Option<Result<Option<Bytes>, UpstreamError>>) {
     let mut joined: Option<BytesMut> = None;
-    loop {
+    while joined.as_ref().map_or(chunk.len(), BytesMut::len) < MAX_JOINED {
         let ready = {
             let mut next = std::pin::pin!(upstream.next_chunk());
             // One poll: a read that would wait is dropped before it took any byte.
@@ -361,9 +364,10 @@ async fn with_ready_chunks(
             Poll::Ready(other) => {
                 return (joined.map_or(chunk, BytesMut::freeze), Some(other));
             }
-            Poll::Pending => return (joined.map_or(chunk, BytesMut::freeze), None),
+            Poll::Pending => break,
         }
     }
+    (joined.map_or(chunk, BytesMut::freeze), None)
 }
 
 /// Resolves when the client closes its connection (or resets its HTTP/2 stream).

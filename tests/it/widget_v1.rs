@@ -7,7 +7,7 @@
 //!   line with the hand-written `tests/fixtures/widget-v1/<name>.golden`;
 //! - end-to-end tests through the real binary and the stub upstream: a plain answer ending in
 //!   `end` with the thread's messages, one event per HTTP chunk (also when the upstream splits
-//!   events or uses CRLF), tool calls and their continuation, tool outputs that cannot be
+//!   events or uses CRLF; events that arrive together merged as `widget::coalesce` does), tool calls and their continuation, tool outputs that cannot be
 //!   submitted, every failure path ending in `system.error` without hanging, env-only mode,
 //!   and a Responses API tenant.
 
