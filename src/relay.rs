@@ -1,9 +1,14 @@
 //! The stream relay: upstream event-stream bytes to the browser, as they arrive.
 //!
 //! In the `openai` framing each upstream chunk is written to the client unchanged and at once
-//! (Pingora flushes every chunk of a chunked body); in the `widget-v1` framing each event the
-//! widget knows is translated and written on its own. Either way the same bytes go through the
-//! SSE parser and the dialect's [`EventReader`], so the relay knows when the run ended, failed,
+//! (Pingora flushes every chunk of a chunked body). In the `widget-v1` framing the events the
+//! widget knows are translated, what is ready at the same moment (the upstream bytes already
+//! there when the relay reads) is merged by [`widget::coalesce`], and each resulting event
+//! is written on its own, at least [`WIDGET_WRITE_GAP`] after the previous one (the completed
+//! message or `system.error`, which carry the final text, [`FULL_TEXT_GAP`] apart from both
+//! neighbours): the old widget takes each `read()` as one event, and writes sent back to back
+//! could reach it as one read (what arrives during the pause goes into the next write).
+//! Either way the same bytes go through the SSE parser and the dialect's [`EventReader`], so the relay knows when the run ended, failed,
 //! was cut, or waits for tool outputs. After a `requires_action` the rest of that upstream
 //! stream (its `done`) is held back: the continuation follows on the same response.
 
@@ -14,10 +19,22 @@ use crate::sse::{encode_event, SseParser};
 use crate::store::Held;
 use crate::upstream::{UpstreamError, UpstreamResponse};
 use crate::widget;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use pingora_proxy::Session;
 use serde_json::json;
-use std::time::Instant;
+use std::future::Future;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+/// The least time between two writes of the `widget-v1` framing, so that the browser reads
+/// them apart (a busy browser may take a while to read).
+pub const WIDGET_WRITE_GAP: Duration = Duration::from_millis(50);
+
+/// The least time between a `widget-v1` write that carries the final text (a completed
+/// message, a `system.error`) and its neighbours: were it read together with another event,
+/// the widget would lose that text. A completed answer's last three writes take about twice
+/// this plus [`WIDGET_WRITE_GAP`].
+pub const FULL_TEXT_GAP: Duration = Duration::from_millis(250);
 
 /// How events are framed for the browser.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +91,9 @@ pub struct Relay<'s> {
     /// The conversation's lock: freed before the stream's last byte, so a browser that sends
     /// its next message as soon as this answer ended never finds it still locked.
     lock: Option<Held>,
+    /// When the last `widget-v1` write went out, and how long the next one must wait after
+    /// it (see [`WIDGET_WRITE_GAP`]).
+    last_widget_write: Option<(Instant, Duration)>,
 }
 
 impl<'s> Relay<'s> {
@@ -105,6 +125,7 @@ impl<'s> Relay<'s> {
             redactor: None,
             first_text: None,
             lock: None,
+            last_widget_write: None,
         })
     }
 
@@ -127,11 +148,27 @@ impl<'s> Relay<'s> {
         self.client_gone
     }
 
-    /// Write bytes to the client at once. `false` if the client is gone.
+    /// Waits until a `widget-v1` write that needs `apart` from the previous one may follow it
+    /// (the previous one may need more).
+    async fn pace(&self, apart: Duration) {
+        if let (Framing::WidgetV1(_), Some((last, after))) = (self.framing, self.last_widget_write)
+        {
+            tokio::time::sleep_until((last + apart.max(after)).into()).await;
+        }
+    }
+
+    /// Write bytes to the client at once (in `widget-v1`, once the previous write is
+    /// [`WIDGET_WRITE_GAP`] old). `false` if the client is gone.
     pub async fn write(&mut self, bytes: Bytes) -> bool {
+        self.write_apart(bytes, WIDGET_WRITE_GAP).await
+    }
+
+    /// As [`Relay::write`], `apart` from the previous and the next write in `widget-v1`.
+    async fn write_apart(&mut self, bytes: Bytes, apart: Duration) -> bool {
         if self.client_gone {
             return false;
         }
+        self.pace(apart).await;
         let n = bytes.len();
         if self
             .session
@@ -144,6 +181,9 @@ impl<'s> Relay<'s> {
             return false;
         }
         self.bytes_sent += n;
+        if let Framing::WidgetV1(_) = self.framing {
+            self.last_widget_write = Some((Instant::now(), apart));
+        }
         true
     }
 
@@ -159,16 +199,26 @@ impl<'s> Relay<'s> {
         let mut last = None;
         // After `requires_action`, nothing more of this leg reaches the client.
         let mut holding = false;
+        // What the upstream said after the chunks taken with the previous one (widget-v1).
+        let mut stashed = None;
+        let widget = matches!(self.framing, Framing::WidgetV1(_));
         loop {
-            let next = tokio::select! {
-                next = upstream.next_chunk() => next,
-                () = watch_close(self.session, &mut self.watch_client) => {
-                    self.client_gone = true;
-                    self.session.set_keepalive(None);
-                    return LegEnd::ClientGone { last };
-                }
+            if widget {
+                // Let what arrives until the next write may go out become one write.
+                self.pace(WIDGET_WRITE_GAP).await;
+            }
+            let next = match stashed.take() {
+                Some(next) => next,
+                None => tokio::select! {
+                    next = upstream.next_chunk() => next,
+                    () = watch_close(self.session, &mut self.watch_client) => {
+                        self.client_gone = true;
+                        self.session.set_keepalive(None);
+                        return LegEnd::ClientGone { last };
+                    }
+                },
             };
-            let chunk = match next {
+            let mut chunk = match next {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) if parser.has_partial() => {
                     return LegEnd::Broken(UpstreamError::Broken(
@@ -178,6 +228,11 @@ impl<'s> Relay<'s> {
                 Ok(None) => return LegEnd::EndedEarly { last },
                 Err(e) => return LegEnd::Broken(e),
             };
+            if widget {
+                let (joined, next) = with_ready_chunks(upstream, chunk).await;
+                chunk = joined;
+                stashed = next;
+            }
             let Ok(events) = parser.push_with_ends(&chunk) else {
                 return LegEnd::Garbled;
             };
@@ -190,7 +245,12 @@ impl<'s> Relay<'s> {
                 let signal = reader.observe(event);
                 text |= !holding && reader.is_text_delta(event);
                 if let (Framing::WidgetV1(dialect), false) = (self.framing, holding) {
-                    writes.extend(widget::translate(dialect, event, &signal, continuation));
+                    writes.extend(widget::translate_event(
+                        dialect,
+                        event,
+                        &signal,
+                        continuation,
+                    ));
                 }
                 match signal {
                     Signal::Progress => {}
@@ -224,8 +284,13 @@ impl<'s> Relay<'s> {
                 Framing::Raw => !self.client_gone,
                 Framing::WidgetV1(_) => {
                     let mut ok = !self.client_gone;
-                    for write in writes {
-                        ok = self.write(write).await;
+                    for event in widget::coalesce(writes) {
+                        let apart = if widget::is_full_text(&event) {
+                            FULL_TEXT_GAP
+                        } else {
+                            WIDGET_WRITE_GAP
+                        };
+                        ok = self.write_apart(widget::frame(&event), apart).await;
                         if !ok {
                             break;
                         }
@@ -255,7 +320,7 @@ impl<'s> Relay<'s> {
             }
             Framing::WidgetV1(_) => widget::system_error(message),
         };
-        self.write(event).await;
+        self.write_apart(event, FULL_TEXT_GAP).await;
         self.finish().await;
     }
 
@@ -272,6 +337,37 @@ impl<'s> Relay<'s> {
             self.session.set_keepalive(None);
         }
     }
+}
+
+/// The most bytes [`with_ready_chunks`] joins (an upstream that always has more is still
+/// relayed in steps).
+const MAX_JOINED: usize = 64 * 1024;
+
+/// `chunk` joined with the upstream's next chunks that are already there (read without
+/// waiting, up to [`MAX_JOINED`] bytes), and what the upstream said after them if that was not
+/// a chunk (its end or a failure, for the next round).
+async fn with_ready_chunks(
+    upstream: &mut UpstreamResponse,
+    chunk: Bytes,
+) -> (Bytes, Option<Result<Option<Bytes>, UpstreamError>>) {
+    let mut joined: Option<BytesMut> = None;
+    while joined.as_ref().map_or(chunk.len(), BytesMut::len) < MAX_JOINED {
+        let ready = {
+            let mut next = std::pin::pin!(upstream.next_chunk());
+            // One poll: a read that would wait is dropped before it took any byte.
+            std::future::poll_fn(|cx| Poll::Ready(next.as_mut().poll(cx))).await
+        };
+        match ready {
+            Poll::Ready(Ok(Some(more))) => joined
+                .get_or_insert_with(|| BytesMut::from(&chunk[..]))
+                .extend_from_slice(&more),
+            Poll::Ready(other) => {
+                return (joined.map_or(chunk, BytesMut::freeze), Some(other));
+            }
+            Poll::Pending => break,
+        }
+    }
+    (joined.map_or(chunk, BytesMut::freeze), None)
 }
 
 /// Resolves when the client closes its connection (or resets its HTTP/2 stream).

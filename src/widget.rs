@@ -1,8 +1,10 @@
 //! The "widget-v1" stream framing: what the old NestJS service wrote, and what the chatbot
 //! widget already embedded on customers' sites parses.
 //!
-//! Each event is one `data: <json>` line and a blank line, written on its own (the widget
-//! assumes one event per read). Only five run events pass, reduced to
+//! Each event is one `data: <json>` line and a blank line, written on its own: the widget
+//! takes each `read()` as one event and drops a read that holds two. So events ready at the
+//! same moment are first merged into as few events as possible ([`coalesce`]), and the relay
+//! spaces its writes. Only five run events pass, reduced to
 //! `{"event", "status", "content", "delta"}`; a finished answer ends with an `end` event
 //! carrying the conversation's messages; every failure ends with a `system.error` event.
 //! Responses API events are translated into the same Assistants-shaped events, so the old
@@ -12,6 +14,9 @@ use crate::dialect::{Dialect, Signal};
 use crate::sse::SseEvent;
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
+
+mod coalesce;
+pub use coalesce::{coalesce, is_full_text};
 
 /// One widget-v1 event: `data: <json>\n\n`.
 pub fn frame(event: &Value) -> Bytes {
@@ -37,6 +42,16 @@ pub fn translate(
     signal: &Signal,
     continuation: bool,
 ) -> Option<Bytes> {
+    translate_event(dialect, event, signal, continuation).map(|event| frame(&event))
+}
+
+/// As [`translate`], the event itself (not yet framed), for [`coalesce`].
+pub fn translate_event(
+    dialect: Dialect,
+    event: &SseEvent,
+    signal: &Signal,
+    continuation: bool,
+) -> Option<Value> {
     match dialect {
         Dialect::Assistants => translate_run_event(event),
         Dialect::Responses => translate_response_event(event, signal, continuation),
@@ -44,7 +59,7 @@ pub fn translate(
 }
 
 /// Assistants API events pass through reduced to their `status`, `content` and `delta`.
-fn translate_run_event(event: &SseEvent) -> Option<Bytes> {
+fn translate_run_event(event: &SseEvent) -> Option<Value> {
     const PASSED: [&str; 5] = [
         "thread.run.created",
         "thread.run.requires_action",
@@ -63,7 +78,7 @@ fn translate_run_event(event: &SseEvent) -> Option<Bytes> {
             out.insert(field.into(), value.clone());
         }
     }
-    Some(frame(&Value::Object(out)))
+    Some(Value::Object(out))
 }
 
 /// Responses API events become the Assistants-shaped events the widget knows.
@@ -71,19 +86,17 @@ fn translate_response_event(
     event: &SseEvent,
     signal: &Signal,
     continuation: bool,
-) -> Option<Bytes> {
+) -> Option<Value> {
     match (event.event.as_str(), signal) {
         ("response.created", _) if continuation => None,
-        ("response.created", _) => Some(frame(
-            &json!({"event": "thread.run.created", "status": "queued"}),
-        )),
+        ("response.created", _) => Some(json!({"event": "thread.run.created", "status": "queued"})),
         ("response.output_text.delta", _) => {
             let data: Value = serde_json::from_str(&event.data).ok()?;
             let text = data.get("delta")?.as_str()?;
-            Some(frame(&json!({
+            Some(json!({
                 "event": "thread.message.delta",
                 "delta": {"content": [{"index": 0, "type": "text", "text": {"value": text}}]}
-            })))
+            }))
         }
         ("response.output_item.done", _) => {
             let data: Value = serde_json::from_str(&event.data).ok()?;
@@ -95,18 +108,18 @@ fn translate_response_event(
             {
                 return None;
             }
-            Some(frame(&json!({
+            Some(json!({
                 "event": "thread.message.completed",
                 "status": "completed",
                 "content": text_content(&item_text(item)),
-            })))
+            }))
         }
-        (_, Signal::RequiresAction) => Some(frame(
-            &json!({"event": "thread.run.requires_action", "status": "requires_action"}),
-        )),
-        (_, Signal::Completed) => Some(frame(
-            &json!({"event": "thread.run.completed", "status": "completed"}),
-        )),
+        (_, Signal::RequiresAction) => {
+            Some(json!({"event": "thread.run.requires_action", "status": "requires_action"}))
+        }
+        (_, Signal::Completed) => {
+            Some(json!({"event": "thread.run.completed", "status": "completed"}))
+        }
         _ => None,
     }
 }

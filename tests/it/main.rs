@@ -20,6 +20,7 @@ mod lead_flood;
 mod limits;
 mod logging;
 mod metrics;
+mod old_widget;
 mod properties;
 mod redaction;
 mod responses_api;
