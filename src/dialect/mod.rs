@@ -8,6 +8,7 @@
 //! reports using ([`Usage`]) and, on the Assistants API, the run's id (to cancel it).
 
 pub mod assistants;
+pub mod created;
 pub mod responses;
 
 use crate::config::{Tenant, UpstreamApi};
