@@ -30,7 +30,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
-use tokio::time::{timeout, Instant};
+use tokio::time::Instant;
+// Every exchange arms a few timeouts (connecting, sending, the first byte, each chunk) that
+// almost never fire. Pingora's fast timeouts share one timer per 10 ms tick and arm it only
+// when the future first waits; a Tokio timer would be armed each time and, being the earliest,
+// wake the runtime's driver with a write (an `eventfd` syscall per request).
+use pingora_timeout::fast_timeout::fast_timeout as timeout;
 
 use addresses::{attempt_order, Preferred};
 
