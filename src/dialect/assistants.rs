@@ -5,10 +5,10 @@
 //! user's message to the thread, then start a streamed run of the tenant's assistant.
 
 use super::{fields_of, Signal, ToolCall, ToolOutput, ToolRound, Usage};
-use serde::Deserialize;
 use crate::request::IdRule;
 use crate::sse::SseEvent;
 use crate::upstream::UpstreamRequest;
+use serde::Deserialize;
 use serde_json::json;
 
 /// The header every Assistants API call needs.

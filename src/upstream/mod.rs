@@ -379,6 +379,7 @@ impl UpstreamClient {
                         status,
                         retry_after,
                         finished: false,
+                        deferred: None,
                     });
                 }
                 Err(Failed {
@@ -539,6 +540,25 @@ fn host_for_header(host: &str) -> String {
     }
 }
 
+/// Most bytes one [`UpstreamResponse::next_chunk`] gathers from chunks already received.
+const MAX_GATHERED: usize = 64 * 1024;
+
+/// `fut`'s output if it is ready at the first poll; `None` (and `fut` dropped) if it would
+/// wait. Only for futures that are safe to drop while waiting, as Pingora's body reads are.
+async fn ready_now<F: Future>(fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| match fut.as_mut().poll(cx) {
+        std::task::Poll::Ready(output) => std::task::Poll::Ready(Some(output)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await
+}
+
+/// A failed read of the body.
+fn body_error(e: &pingora::Error) -> UpstreamError {
+    UpstreamError::Broken(format!("reading the body: {}", e.etype().as_str()))
+}
+
 /// An upstream response whose header has arrived; its body is read from here.
 pub struct UpstreamResponse {
     client: Arc<UpstreamClient>,
@@ -549,6 +569,8 @@ pub struct UpstreamResponse {
     /// The upstream `Retry-After`, raw (sanitize before passing on).
     pub retry_after: Option<String>,
     finished: bool,
+    /// A failure met while gathering chunks, told on the next read.
+    deferred: Option<UpstreamError>,
 }
 
 impl UpstreamResponse {
@@ -556,8 +578,48 @@ impl UpstreamResponse {
         (200..300).contains(&self.status)
     }
 
-    /// The next body chunk, `None` at the end of the body. Waits at most the idle timeout.
+    /// The next body bytes, `None` at the end of the body. Waits at most the idle timeout for
+    /// the first chunk; the chunks that have already arrived behind it come along in the same
+    /// piece (up to [`MAX_GATHERED`] bytes), never waiting for more. An event stream comes one
+    /// HTTP chunk per event, and each piece is one write to the browser: this way a burst of
+    /// events costs one send, not one per event.
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, UpstreamError> {
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
+        }
+        let Some(first) = self.next_http_chunk().await? else {
+            return Ok(None);
+        };
+        let mut gathered: Option<BytesMut> = None;
+        while gathered.as_ref().map_or(first.len(), BytesMut::len) < MAX_GATHERED {
+            let Some(session) = self.session.as_mut() else {
+                break;
+            };
+            let Some(next) = ready_now(session.read_response_body()).await else {
+                break;
+            };
+            match next {
+                Ok(Some(chunk)) => gathered
+                    .get_or_insert_with(|| BytesMut::from(&first[..]))
+                    .extend_from_slice(&chunk),
+                Ok(None) => {
+                    self.finished = true;
+                    self.release().await;
+                    break;
+                }
+                Err(e) => {
+                    // Told on the next call, after the bytes that came before it.
+                    self.session = None;
+                    self.deferred = Some(body_error(&e));
+                    break;
+                }
+            }
+        }
+        Ok(Some(gathered.map_or(first, BytesMut::freeze)))
+    }
+
+    /// The next HTTP chunk of the body, waiting at most the idle timeout.
+    async fn next_http_chunk(&mut self) -> Result<Option<Bytes>, UpstreamError> {
         let idle = self.client.settings.idle_timeout;
         let Some(session) = self.session.as_mut() else {
             return Ok(None);
@@ -571,10 +633,7 @@ impl UpstreamResponse {
             }
             Ok(Err(e)) => {
                 self.session = None;
-                Err(UpstreamError::Broken(format!(
-                    "reading the body: {}",
-                    e.etype().as_str()
-                )))
+                Err(body_error(&e))
             }
             Err(_) => {
                 self.session = None;
@@ -771,6 +830,47 @@ mod tests {
             client.request_bytes(&spaced, Some(&key())),
             Err(UpstreamError::Broken(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn chunks_already_arrived_come_in_one_piece_and_later_ones_apart() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (connections, requests, _server) = {
+            let (c, r) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+            let (c2, r2) = (c.clone(), r.clone());
+            let task = tokio::spawn(async move {
+                while let Ok((mut conn, _)) = listener.accept().await {
+                    c2.fetch_add(1, Ordering::SeqCst);
+                    let r = r2.clone();
+                    tokio::spawn(async move {
+                        while read_request(&mut conn).await.is_some() {
+                            r.fetch_add(1, Ordering::SeqCst);
+                            let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+                            let burst = format!("{head}3\r\nabc\r\n3\r\ndef\r\n");
+                            conn.write_all(burst.as_bytes()).await.unwrap();
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            conn.write_all(b"3\r\nghi\r\n0\r\n\r\n").await.unwrap();
+                        }
+                    });
+                }
+            });
+            (c, r, task)
+        };
+        let client = UpstreamClient::new(settings(port));
+        for _ in 0..2 {
+            let mut resp = client.send(&post(), &key()).await.unwrap();
+            let piece = |b: &[u8]| Some(Bytes::copy_from_slice(b));
+            assert_eq!(resp.next_chunk().await.unwrap(), piece(b"abcdef"));
+            assert_eq!(resp.next_chunk().await.unwrap(), piece(b"ghi"));
+            assert_eq!(resp.next_chunk().await.unwrap(), None);
+        }
+        assert_eq!(requests.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            1,
+            "read to its end: pooled"
+        );
     }
 
     #[tokio::test]
