@@ -8,6 +8,7 @@
 
 use crate::app::AppState;
 use crate::config::{StreamFormat, Tenant};
+use crate::dialect::created::Created;
 use crate::dialect::Dialect;
 use crate::errors::ApiError;
 use crate::origin::calling_site;
@@ -17,6 +18,7 @@ use crate::respond::{self, Written};
 use crate::routes::Route;
 use crate::shutdown::InFlightGuard;
 use crate::turn::{StreamOutcome, Turn};
+use crate::upstream::{UpstreamError, NOT_JSON};
 use crate::upstream_call::CallFailure;
 use async_trait::async_trait;
 use bytes::BytesMut;
@@ -236,24 +238,40 @@ impl ChatbotProxy {
         check.admit(tenant, token, ip, ctx.cors()).await?;
         let dialect = Dialect::of(tenant);
         let call = self.state.upstream_call(tenant);
+        let purpose = "creating a conversation";
         let created = call
-            .json(
-                "creating a conversation",
-                &dialect.create_conversation(tenant),
-            )
+            .body(purpose, &dialect.create_conversation(tenant))
             .await;
-        let mut thread = or_api_error(created, dialect, false).await?;
-        let id = thread
-            .get("id")
-            .and_then(Value::as_str)
-            .filter(|id| dialect.id_rule().accepts(id))
-            .map(str::to_string)
-            .ok_or_else(|| ApiError::upstream_error("the new conversation has no valid id"))?;
+        let body = or_api_error(created, dialect, false).await?;
+        let no_id = || ApiError::upstream_error("the new conversation has no valid id");
         let now_ms = self.state.store.clock().now_unix_ms();
-        let handle = self.state.conversations.issue(&tenant.name, &id, now_ms);
-        thread["id"] = Value::String(handle.clone());
-        thread["thread_id"] = Value::String(handle);
-        let body = thread.to_string().into_bytes();
+        let issue = |id: &str| self.state.conversations.issue(&tenant.name, id, now_ms);
+        // The object as the upstream wrote it, its id replaced by the handle; the general
+        // path (a parsed value) only for text the fast one leaves to it.
+        let body = match Created::parse(&body) {
+            Some(created) => {
+                let id = created.str("id");
+                let id = id
+                    .filter(|id| dialect.id_rule().accepts(id))
+                    .ok_or_else(no_id)?;
+                created.with_handle(&issue(id))
+            }
+            None => {
+                let Ok(mut thread) = serde_json::from_slice::<Value>(&body) else {
+                    let failure = call.failed(purpose, UpstreamError::Broken(NOT_JSON.into()));
+                    return Err(failure.into_api_error(dialect, false).await);
+                };
+                let id = thread
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .filter(|id| dialect.id_rule().accepts(id))
+                    .ok_or_else(no_id)?;
+                let handle = issue(id);
+                thread["id"] = Value::String(handle.clone());
+                thread["thread_id"] = Value::String(handle);
+                thread.to_string().into_bytes()
+            }
+        };
         Ok(respond::json(session, 200, body, ctx.cors(), &[]).await)
     }
 

@@ -145,7 +145,7 @@ impl SseParser {
                 rest = &rest[1..];
             }
         }
-        while let Some(end) = rest.iter().position(|&b| b == b'\n' || b == b'\r') {
+        while let Some(end) = memchr::memchr2(b'\n', b'\r', rest) {
             let line_part = &rest[..end];
             let after = &rest[end + 1..];
             rest = if rest[end] == b'\r' {

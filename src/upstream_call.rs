@@ -11,6 +11,7 @@ use crate::dialect::Dialect;
 use crate::errors::{sanitize_retry_after, ApiError};
 use crate::metrics::{Metrics, UpstreamErrorKind};
 use crate::upstream::{UpstreamClient, UpstreamError, UpstreamRequest, UpstreamResponse};
+use bytes::Bytes;
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -68,6 +69,15 @@ impl<'a> UpstreamCall<'a> {
     pub async fn json(&self, purpose: &str, req: &UpstreamRequest) -> Result<Value, CallFailure> {
         let response = self.send(purpose, req).await?;
         response.json().await.map_err(|e| self.failed(purpose, e))
+    }
+
+    /// [`send`](Self::send), then the answer's body, whole.
+    pub async fn body(&self, purpose: &str, req: &UpstreamRequest) -> Result<Bytes, CallFailure> {
+        let response = self.send(purpose, req).await?;
+        response
+            .read_all()
+            .await
+            .map_err(|e| self.failed(purpose, e))
     }
 
     /// [`send`](Self::send), then the answer's body read to its end and set aside.

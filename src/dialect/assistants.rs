@@ -4,10 +4,11 @@
 //! Every call carries `OpenAI-Beta: assistants=v2`. A widget turn is two calls: add the
 //! user's message to the thread, then start a streamed run of the tenant's assistant.
 
-use super::{Signal, ToolCall, ToolOutput, ToolRound, Usage};
+use super::{fields_of, Signal, ToolCall, ToolOutput, ToolRound, Usage};
 use crate::request::IdRule;
 use crate::sse::SseEvent;
 use crate::upstream::UpstreamRequest;
+use serde::Deserialize;
 use serde_json::json;
 
 /// The header every Assistants API call needs.
@@ -129,16 +130,23 @@ fn is_run_event(event: &SseEvent) -> bool {
 
 /// The `id` of a run object.
 fn run_id(data: &str) -> Option<String> {
-    let run: serde_json::Value = serde_json::from_str(data).ok()?;
-    let id = run.get("id")?.as_str()?;
-    id.starts_with("run_").then(|| id.to_string())
+    #[derive(Deserialize)]
+    struct Run {
+        id: Option<String>,
+    }
+    let id = fields_of::<Run>(data)?.id?;
+    id.starts_with("run_").then_some(id)
 }
 
 /// The `usage` of a run object (`prompt_tokens`, `completion_tokens`, `total_tokens`);
 /// `None` when it is null or missing.
 pub fn run_usage(data: &str) -> Option<Usage> {
-    let run: serde_json::Value = serde_json::from_str(data).ok()?;
-    Usage::from_json(run.get("usage")?, "prompt_tokens", "completion_tokens")
+    #[derive(Deserialize)]
+    struct Run {
+        usage: Option<serde_json::Value>,
+    }
+    let usage = fields_of::<Run>(data)?.usage?;
+    Usage::from_json(&usage, "prompt_tokens", "completion_tokens")
 }
 
 /// Whether the event carries a piece of the answer's text.

@@ -8,12 +8,24 @@
 //! reports using ([`Usage`]) and, on the Assistants API, the run's id (to cancel it).
 
 pub mod assistants;
+pub mod created;
 pub mod responses;
 
 use crate::config::{Tenant, UpstreamApi};
 use crate::request::IdRule;
 use crate::sse::SseEvent;
 use crate::upstream::UpstreamRequest;
+
+/// The fields `T` names of the JSON object `data`, every other member skipped rather than
+/// built into a `Value` (events of a stream go through here, most of them large objects of
+/// which one field matters). `None` when `data` is not an object, or a named field is
+/// repeated or of another type (as a `Value` lookup would find no value of that type).
+fn fields_of<'a, T: serde::Deserialize<'a>>(data: &'a str) -> Option<T> {
+    if !data.trim_start().starts_with('{') {
+        return None;
+    }
+    serde_json::from_str(data).ok()
+}
 
 /// What an upstream stream event means to the relay.
 #[derive(Debug, Clone, PartialEq, Eq)]

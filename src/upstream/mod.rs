@@ -20,16 +20,22 @@ use crate::config::{Secret, UpstreamSettings};
 use bytes::{Bytes, BytesMut};
 use http::Method;
 use pingora::connectors::http::Connector;
-use pingora::http::RequestHeader;
 use pingora::protocols::http::client::HttpSession;
+use pingora::protocols::http::v1::client::HttpSession as Http1Session;
 use pingora::upstreams::peer::HttpPeer;
-use pingora::RetryType;
+use pingora::{ErrorType, RetryType};
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::time::{timeout, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
+// Every exchange arms a few timeouts (connecting, sending, the first byte, each chunk) that
+// almost never fire. Pingora's fast timeouts share one timer per 10 ms tick and arm it only
+// when the future first waits; a Tokio timer would be armed each time and, being the earliest,
+// wake the runtime's driver with a write (an `eventfd` syscall per request).
+use pingora_timeout::fast_timeout::fast_timeout as timeout;
 
 use addresses::{attempt_order, Preferred};
 
@@ -37,6 +43,9 @@ pub use dns::Resolver;
 
 /// Largest non-streamed upstream body read into memory.
 const MAX_JSON_BODY: usize = 4 * 1024 * 1024;
+
+/// Why a body that should be JSON was refused.
+pub const NOT_JSON: &str = "the body is not JSON";
 
 /// One request to the upstream API.
 #[derive(Debug, Clone)]
@@ -130,6 +139,8 @@ pub struct UpstreamClient {
     pinned: Option<Arc<[SocketAddr]>>,
     /// The address that last connected.
     preferred: Preferred,
+    /// The `Host` header of every request: the host, and the port unless it is the scheme's.
+    host_header: String,
 }
 
 impl UpstreamClient {
@@ -148,7 +159,14 @@ impl UpstreamClient {
                 settings.host
             );
         }
+        let default_port = if settings.tls { 443 } else { 80 };
+        let host_header = if settings.port == default_port {
+            host_for_header(&settings.host)
+        } else {
+            format!("{}:{}", host_for_header(&settings.host), settings.port)
+        };
         Arc::new(UpstreamClient {
+            host_header,
             connector: Connector::new(None),
             settings,
             resolver: Resolver::new(),
@@ -242,43 +260,54 @@ impl UpstreamClient {
         Err(failure)
     }
 
-    fn request_header(
+    /// `req` on the wire, header and body in one buffer, so that it goes out in one write
+    /// (one segment on the loopback or LAN, where a header and a body written apart cost two
+    /// sends and two wake-ups of the upstream). Headers in this order: `Host`,
+    /// `Authorization`, `User-Agent`, `Accept`, the request's own, `Content-Type`,
+    /// `Content-Length`.
+    fn request_bytes(
         &self,
         req: &UpstreamRequest,
         key: Option<&Secret>,
-    ) -> Result<RequestHeader, UpstreamError> {
+    ) -> Result<Vec<u8>, UpstreamError> {
         let s = &self.settings;
-        let path = format!("{}{}", s.base_path, req.path);
-        let bad = |e: pingora::BError| UpstreamError::Broken(format!("building request: {e}"));
-        let mut h =
-            RequestHeader::build(req.method.clone(), path.as_bytes(), Some(8)).map_err(bad)?;
-        let default_port = if s.tls { 443 } else { 80 };
-        let host = if s.port == default_port {
-            host_for_header(&s.host)
-        } else {
-            format!("{}:{}", host_for_header(&s.host), s.port)
-        };
-        h.insert_header("Host", host).map_err(bad)?;
-        if let Some(key) = key {
-            h.insert_header("Authorization", format!("Bearer {}", key.expose()))
-                .map_err(bad)?;
+        let bad = |what: &str| UpstreamError::Broken(format!("building request: {what}"));
+        let target = [s.base_path.as_bytes(), req.path.as_bytes()];
+        if target.iter().any(|part| !valid_target(part)) {
+            return Err(bad("the path has a byte a request line cannot carry"));
         }
-        h.insert_header(
-            "User-Agent",
-            concat!("chatbot-proxy/", env!("CARGO_PKG_VERSION")),
-        )
-        .map_err(bad)?;
-        h.insert_header(
-            "Accept",
-            if req.stream {
-                "text/event-stream"
-            } else {
-                "application/json"
-            },
-        )
-        .map_err(bad)?;
+        let body = req.body.as_deref().unwrap_or_default();
+        let mut wire = Vec::with_capacity(256 + req.path.len() + body.len());
+        let method = req.method.as_str().as_bytes();
+        for part in [method, b" ", target[0], target[1], b" HTTP/1.1\r\n"] {
+            wire.extend_from_slice(part);
+        }
+        let mut header = |name: &str, value: &[&[u8]]| {
+            wire.extend_from_slice(name.as_bytes());
+            wire.extend_from_slice(b": ");
+            value.iter().for_each(|v| wire.extend_from_slice(v));
+            wire.extend_from_slice(b"\r\n");
+        };
+        header("Host", &[self.host_header.as_bytes()]);
+        if let Some(key) = key {
+            let key = key.expose().as_bytes();
+            if !valid_header_value(key) {
+                return Err(bad("the API key has a byte a header cannot carry"));
+            }
+            header("Authorization", &[b"Bearer ", key]);
+        }
+        header("User-Agent", &[USER_AGENT.as_bytes()]);
+        let accept = if req.stream {
+            "text/event-stream"
+        } else {
+            "application/json"
+        };
+        header("Accept", &[accept.as_bytes()]);
         for (name, value) in &req.headers {
-            h.insert_header(*name, *value).map_err(bad)?;
+            if !valid_header_name(name) || !valid_header_value(value.as_bytes()) {
+                return Err(bad("a header has a byte it cannot carry"));
+            }
+            header(name, &[value.as_bytes()]);
         }
         match &req.body {
             Some(body) => {
@@ -287,18 +316,17 @@ impl UpstreamClient {
                     .iter()
                     .any(|(name, _)| name.eq_ignore_ascii_case("content-type"));
                 if !typed {
-                    h.insert_header("Content-Type", "application/json")
-                        .map_err(bad)?;
+                    header("Content-Type", &[b"application/json"]);
                 }
-                h.insert_header("Content-Length", body.len().to_string())
-                    .map_err(bad)?;
+                let length = body.len().to_string();
+                header("Content-Length", &[length.as_bytes()]);
             }
-            None if req.method == Method::POST => {
-                h.insert_header("Content-Length", "0").map_err(bad)?;
-            }
+            None if req.method == Method::POST => header("Content-Length", &[b"0"]),
             None => {}
         }
-        Ok(h)
+        wire.extend_from_slice(b"\r\n");
+        wire.extend_from_slice(body);
+        Ok(wire)
     }
 
     /// Send `req` with the tenant's `key` and wait for the response header.
@@ -332,9 +360,9 @@ impl UpstreamClient {
         loop {
             attempt += 1;
             let candidates = self.candidates().await?;
-            let (mut session, reused, peer) = self.connect(&candidates).await?;
-            match self.exchange(&mut session, req, key).await {
-                Ok(()) => {
+            let (session, reused, peer) = self.connect(&candidates).await?;
+            match self.exchange(session, &peer, req, key).await {
+                Ok(session) => {
                     let header = session
                         .response_header()
                         .ok_or_else(|| UpstreamError::Broken("no response header".into()))?;
@@ -351,6 +379,7 @@ impl UpstreamClient {
                         status,
                         retry_after,
                         finished: false,
+                        deferred: None,
                     });
                 }
                 Err(Failed {
@@ -371,34 +400,38 @@ impl UpstreamClient {
     /// request on a fresh connection is safe: only when the upstream cannot have acted on it
     /// (a pooled connection that failed while we wrote, or closed before answering a byte),
     /// so that a POST is never done twice.
+    ///
+    /// The request is written by us in one write ([`Self::request_bytes`]) on the session's
+    /// stream, which then becomes a fresh HTTP/1 session to read the answer with (Pingora's
+    /// session would flush the header and the body apart).
     async fn exchange(
         &self,
-        session: &mut HttpSession,
+        session: HttpSession,
+        peer: &HttpPeer,
         req: &UpstreamRequest,
         key: Option<&Secret>,
-    ) -> Result<(), Failed> {
+    ) -> Result<HttpSession, Failed> {
         let s = &self.settings;
-        let header = self.request_header(req, key).map_err(Failed::final_)?;
-        let sending = "sending the request";
-        within(
-            s.first_byte_timeout,
-            sending,
-            session.write_request_header(Box::new(header)),
-        )
-        .await
-        .map_err(Failed::while_sending)?;
-        if let Some(body) = &req.body {
-            within(
-                s.first_byte_timeout,
-                sending,
-                session.write_request_body(body.clone(), true),
-            )
+        let wire = self.request_bytes(req, key).map_err(Failed::final_)?;
+        let HttpSession::H1(h1) = session else {
+            // Our peers offer HTTP/1.1 only (no ALPN h2).
+            let why = UpstreamError::Broken("the upstream session is not HTTP/1".into());
+            return Err(Failed::final_(why));
+        };
+        let mut stream = h1.into_inner();
+        let write = async {
+            stream.write_all(&wire).await?;
+            stream.flush().await
+        };
+        let written = async {
+            write.await.map_err(|e| {
+                pingora::Error::because(ErrorType::WriteError, "writing the request", e)
+            })
+        };
+        within(s.first_byte_timeout, "sending the request", written)
             .await
             .map_err(Failed::while_sending)?;
-        }
-        within(s.first_byte_timeout, sending, session.finish_request_body())
-            .await
-            .map_err(Failed::while_sending)?;
+        let mut session = HttpSession::H1(Http1Session::new_with_options(stream, peer));
         within(
             s.first_byte_timeout,
             "waiting for the response",
@@ -406,7 +439,7 @@ impl UpstreamClient {
         )
         .await
         .map_err(Failed::while_waiting)?;
-        Ok(())
+        Ok(session)
     }
 }
 
@@ -477,12 +510,53 @@ fn classify_connect_error(e: &pingora::Error) -> UpstreamError {
     }
 }
 
+/// The `User-Agent` of every upstream request.
+const USER_AGENT: &str = concat!("chatbot-proxy/", env!("CARGO_PKG_VERSION"));
+
+/// Whether `part` of a request target can go in a request line (what Pingora refuses there).
+fn valid_target(part: &[u8]) -> bool {
+    !part
+        .iter()
+        .any(|&b| matches!(b, 0x00 | b'\n' | b'\r' | b' '))
+}
+
+/// Whether `value` can be a header's value as is (what `http::HeaderValue` accepts).
+fn valid_header_value(value: &[u8]) -> bool {
+    value
+        .iter()
+        .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
+/// Whether `name` is a header name (an RFC 9110 token).
+fn valid_header_name(name: &str) -> bool {
+    !name.is_empty() && http::HeaderName::from_bytes(name.as_bytes()).is_ok()
+}
+
 fn host_for_header(host: &str) -> String {
     if host.contains(':') {
         format!("[{host}]")
     } else {
         host.to_string()
     }
+}
+
+/// Most bytes one [`UpstreamResponse::next_chunk`] gathers from chunks already received.
+const MAX_GATHERED: usize = 64 * 1024;
+
+/// `fut`'s output if it is ready at the first poll; `None` (and `fut` dropped) if it would
+/// wait. Only for futures that are safe to drop while waiting, as Pingora's body reads are.
+async fn ready_now<F: Future>(fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| match fut.as_mut().poll(cx) {
+        std::task::Poll::Ready(output) => std::task::Poll::Ready(Some(output)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await
+}
+
+/// A failed read of the body.
+fn body_error(e: &pingora::Error) -> UpstreamError {
+    UpstreamError::Broken(format!("reading the body: {}", e.etype().as_str()))
 }
 
 /// An upstream response whose header has arrived; its body is read from here.
@@ -495,6 +569,8 @@ pub struct UpstreamResponse {
     /// The upstream `Retry-After`, raw (sanitize before passing on).
     pub retry_after: Option<String>,
     finished: bool,
+    /// A failure met while gathering chunks, told on the next read.
+    deferred: Option<UpstreamError>,
 }
 
 impl UpstreamResponse {
@@ -502,8 +578,48 @@ impl UpstreamResponse {
         (200..300).contains(&self.status)
     }
 
-    /// The next body chunk, `None` at the end of the body. Waits at most the idle timeout.
+    /// The next body bytes, `None` at the end of the body. Waits at most the idle timeout for
+    /// the first chunk; the chunks that have already arrived behind it come along in the same
+    /// piece (up to [`MAX_GATHERED`] bytes), never waiting for more. An event stream comes one
+    /// HTTP chunk per event, and each piece is one write to the browser: this way a burst of
+    /// events costs one send, not one per event.
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, UpstreamError> {
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
+        }
+        let Some(first) = self.next_http_chunk().await? else {
+            return Ok(None);
+        };
+        let mut gathered: Option<BytesMut> = None;
+        while gathered.as_ref().map_or(first.len(), BytesMut::len) < MAX_GATHERED {
+            let Some(session) = self.session.as_mut() else {
+                break;
+            };
+            let Some(next) = ready_now(session.read_response_body()).await else {
+                break;
+            };
+            match next {
+                Ok(Some(chunk)) => gathered
+                    .get_or_insert_with(|| BytesMut::from(&first[..]))
+                    .extend_from_slice(&chunk),
+                Ok(None) => {
+                    self.finished = true;
+                    self.release().await;
+                    break;
+                }
+                Err(e) => {
+                    // Told on the next call, after the bytes that came before it.
+                    self.session = None;
+                    self.deferred = Some(body_error(&e));
+                    break;
+                }
+            }
+        }
+        Ok(Some(gathered.map_or(first, BytesMut::freeze)))
+    }
+
+    /// The next HTTP chunk of the body, waiting at most the idle timeout.
+    async fn next_http_chunk(&mut self) -> Result<Option<Bytes>, UpstreamError> {
         let idle = self.client.settings.idle_timeout;
         let Some(session) = self.session.as_mut() else {
             return Ok(None);
@@ -517,10 +633,7 @@ impl UpstreamResponse {
             }
             Ok(Err(e)) => {
                 self.session = None;
-                Err(UpstreamError::Broken(format!(
-                    "reading the body: {}",
-                    e.etype().as_str()
-                )))
+                Err(body_error(&e))
             }
             Err(_) => {
                 self.session = None;
@@ -544,8 +657,7 @@ impl UpstreamResponse {
     /// Read the whole body as JSON.
     pub async fn json(self) -> Result<serde_json::Value, UpstreamError> {
         let body = self.read_all().await?;
-        serde_json::from_slice(&body)
-            .map_err(|_| UpstreamError::Broken("the body is not JSON".into()))
+        serde_json::from_slice(&body).map_err(|_| UpstreamError::Broken(NOT_JSON.into()))
     }
 
     /// Finish with the response: a completed one goes back to the pool, one that was left
@@ -678,6 +790,87 @@ mod tests {
 
     fn key() -> Secret {
         Secret::new("sk-test")
+    }
+
+    #[tokio::test]
+    async fn a_request_is_one_buffer_its_header_then_its_body() {
+        let client = UpstreamClient::new(settings(8080));
+        let req = post().header("OpenAI-Beta", "assistants=v2");
+        let wire = client.request_bytes(&req, Some(&key())).unwrap();
+        assert_eq!(
+            String::from_utf8(wire).unwrap(),
+            format!(
+                "POST /v1/threads/thread_a/messages HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\
+                 Authorization: Bearer sk-test\r\nUser-Agent: {USER_AGENT}\r\n\
+                 Accept: application/json\r\nOpenAI-Beta: assistants=v2\r\n\
+                 Content-Type: application/json\r\nContent-Length: 7\r\n\r\n{{\"x\":1}}"
+            )
+        );
+        let get = UpstreamRequest::get("/threads/thread_a/messages").streaming();
+        let wire = client.request_bytes(&get, None).unwrap();
+        let wire = String::from_utf8(wire).unwrap();
+        assert!(wire.starts_with("GET /v1/threads/thread_a/messages HTTP/1.1\r\n"));
+        assert!(
+            wire.ends_with("Accept: text/event-stream\r\n\r\n"),
+            "{wire}"
+        );
+        assert!(!wire.contains("Content-Length"), "{wire}");
+    }
+
+    #[tokio::test]
+    async fn a_key_or_path_that_would_split_the_request_is_refused() {
+        let client = UpstreamClient::new(settings(8080));
+        let smuggling = Secret::new("sk-a\r\nX-Injected: 1");
+        assert!(matches!(
+            client.request_bytes(&post(), Some(&smuggling)),
+            Err(UpstreamError::Broken(_))
+        ));
+        let spaced = UpstreamRequest::get("/threads/a b");
+        assert!(matches!(
+            client.request_bytes(&spaced, Some(&key())),
+            Err(UpstreamError::Broken(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn chunks_already_arrived_come_in_one_piece_and_later_ones_apart() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (connections, requests, _server) = {
+            let (c, r) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+            let (c2, r2) = (c.clone(), r.clone());
+            let task = tokio::spawn(async move {
+                while let Ok((mut conn, _)) = listener.accept().await {
+                    c2.fetch_add(1, Ordering::SeqCst);
+                    let r = r2.clone();
+                    tokio::spawn(async move {
+                        while read_request(&mut conn).await.is_some() {
+                            r.fetch_add(1, Ordering::SeqCst);
+                            let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+                            let burst = format!("{head}3\r\nabc\r\n3\r\ndef\r\n");
+                            conn.write_all(burst.as_bytes()).await.unwrap();
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            conn.write_all(b"3\r\nghi\r\n0\r\n\r\n").await.unwrap();
+                        }
+                    });
+                }
+            });
+            (c, r, task)
+        };
+        let client = UpstreamClient::new(settings(port));
+        for _ in 0..2 {
+            let mut resp = client.send(&post(), &key()).await.unwrap();
+            let piece = |b: &[u8]| Some(Bytes::copy_from_slice(b));
+            assert_eq!(resp.next_chunk().await.unwrap(), piece(b"abcdef"));
+            assert_eq!(resp.next_chunk().await.unwrap(), piece(b"ghi"));
+            assert_eq!(resp.next_chunk().await.unwrap(), None);
+        }
+        assert_eq!(requests.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            1,
+            "read to its end: pooled"
+        );
     }
 
     #[tokio::test]
