@@ -11,7 +11,9 @@
 //! Pingora pools connections by peer, and a peer is one address: a request reuses only
 //! connections to the address it is trying, a response goes back to the pool of the address
 //! it came from, and when another address takes over, the old one's idle connections are
-//! left to expire (`pool_idle_timeout`) rather than reused.
+//! left to expire (`pool_idle_timeout`) rather than reused. At most `pool_size` idle connections
+//! are kept in all (the least recently used are closed first); a pooled connection keeps no
+//! buffer, only its socket.
 
 mod addresses;
 mod dns;
@@ -20,6 +22,7 @@ use crate::config::{Secret, UpstreamSettings};
 use bytes::{Bytes, BytesMut};
 use http::Method;
 use pingora::connectors::http::Connector;
+use pingora::connectors::ConnectorOptions;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::client::HttpSession;
 use pingora::upstreams::peer::HttpPeer;
@@ -149,7 +152,7 @@ impl UpstreamClient {
             );
         }
         Arc::new(UpstreamClient {
-            connector: Connector::new(None),
+            connector: Connector::new(Some(ConnectorOptions::new(settings.pool_size))),
             settings,
             resolver: Resolver::new(),
             pinned,
@@ -598,6 +601,7 @@ mod tests {
             first_byte_timeout: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(2),
             pool_idle_timeout: Duration::from_secs(30),
+            pool_size: 128,
             address_connect_timeout: Duration::from_secs(1),
             resolve: Vec::new(),
         }
