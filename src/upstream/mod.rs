@@ -214,7 +214,11 @@ impl UpstreamClient {
                 None => left,
             };
             let peer = self.peer(addr, tcp, left);
-            let why = match timeout(left, self.connector.get_http_session(&peer)).await {
+            // Boxed: Pingora's connect future (TCP, TLS) is several KiB, and every future that
+            // awaits a request would otherwise carry that much for as long as it lives, a
+            // held stream included.
+            let connecting = Box::pin(self.connector.get_http_session(&peer));
+            let why = match timeout(left, connecting).await {
                 Ok(Ok((session, reused))) => {
                     if let Some(old) = self.preferred.worked(addr) {
                         log::info!("upstream {}: now connecting to {addr} (was {old})", s.host);
