@@ -81,6 +81,9 @@ mod tests {
         tune();
         assert_eq!(purge_delay(), PURGE_DELAY_MS);
         // SAFETY: reads a flag of this process.
-        assert_eq!(unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) }, 1);
+        assert_eq!(
+            unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) },
+            1
+        );
     }
 }

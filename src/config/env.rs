@@ -1489,7 +1489,10 @@ mod tests {
         let config = from_env_map(&two_sites(&[("OPENAI_POOL_SIZE", "8")])).unwrap();
         assert_eq!(config.upstream.pool_size, 8);
         let err = err_of(&two_sites(&[("OPENAI_POOL_SIZE", "0")]));
-        assert!(err.starts_with("OPENAI_POOL_SIZE: 0 is out of range"), "{err}");
+        assert!(
+            err.starts_with("OPENAI_POOL_SIZE: 0 is out of range"),
+            "{err}"
+        );
         let err = err_of(&two_sites(&[("OPENAI_POOL_SIZE", "many")]));
         assert!(err.starts_with("OPENAI_POOL_SIZE:"), "{err}");
     }
