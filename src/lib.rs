@@ -11,7 +11,8 @@
 //!   proxy's own embeddable widget (`/widget.js`) and its public `widget-config`.
 //! - [`dialect`]: how widget operations map to an upstream API (one module per API).
 //! - [`upstream`]: the HTTP client to OpenAI, on Pingora's connector; `upstream_call`: one
-//!   exchange on a tenant's behalf, its failures counted, logged and mapped in one place.
+//!   exchange on a tenant's behalf, its failures counted, logged and mapped in one place;
+//!   `ca_roots`: the trusted roots its TLS reads (one bundle file, for a fast start).
 //! - [`sse`], [`widget`] and `relay`: event-stream framing (upstream's, the old widget's),
 //!   and streaming it to the browser.
 //! - `turn`: one answer across upstream streams, with tool calls in between, and how the
@@ -40,6 +41,7 @@
 
 mod app;
 mod budget;
+mod ca_roots;
 mod cancel;
 pub mod client_addr;
 pub mod config;

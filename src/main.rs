@@ -1,6 +1,7 @@
 //! The `chatbot-proxy` command: run the proxy, check a configuration, or (with the default
 //! `stub` feature, see `demo.rs`) run the stub upstream, alone or with the proxy as a demo.
 
+mod allocator;
 #[cfg(feature = "stub")]
 mod demo;
 mod healthcheck;
@@ -11,7 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Small, short-lived allocations dominate a proxy's heap traffic; mimalloc serves them faster
-/// than glibc's malloc (measured with scripts/bench/run).
+/// than glibc's malloc (measured with scripts/bench/run). Its settings: `allocator`.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -45,6 +46,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    allocator::tune();
     logging::init();
     let cli = Cli::parse();
     if let Some(target) = cli.health_check.as_deref() {

@@ -407,6 +407,8 @@ async fn or_api_error<T>(
 ) -> std::result::Result<T, ApiError> {
     match result {
         Ok(value) => Ok(value),
-        Err(failure) => Err(failure.into_api_error(dialect, thread_scoped).await),
+        // Boxed: reading the error body is a large future, needed only on this path (see
+        // `Turn::stream` on future sizes).
+        Err(failure) => Err(Box::pin(failure.into_api_error(dialect, thread_scoped)).await),
     }
 }

@@ -7,6 +7,7 @@ use crate::downstream::{GuardedHttp, Timeouts};
 use crate::metrics::MetricsEndpoint;
 use crate::proxy::ChatbotProxy;
 use crate::shutdown::{Drain, Signals};
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server};
 use std::time::Duration;
@@ -30,6 +31,8 @@ pub fn pingora_server(settings: &ServerSettings, upgrade: bool) -> Server {
         grace_period_seconds: Some(settings.drain_timeout_seconds + BACKSTOP_SECONDS),
         graceful_shutdown_timeout_seconds: Some(RUNTIME_STOP_SECONDS),
         upgrade_sock: settings.upgrade_sock.clone(),
+        // The proxy service's own connector: one bundle file, not the whole certs directory.
+        ca_file: crate::ca_roots::bundle_file(),
         ..ServerConf::default()
     };
     let opt = Opt {
@@ -92,13 +95,25 @@ pub fn add_proxy(server: &mut Server, config: Config) -> Result<(), crate::app::
         "chatbot-proxy".into(),
         GuardedHttp::new(proxy, timeouts),
     );
-    service.add_tcp(&listen);
+    service.add_listener(ListenerConfig::tcp(listen).l4_buffer(browser_buffers()));
     server.add_service(service);
     server.add_service(delivery);
     server.add_service(pingora::services::background::background_service(
         "drain", drain,
     ));
     Ok(())
+}
+
+/// The transport buffers of a browser connection: no read buffer. Pingora's default is 64 KiB
+/// per connection, zeroed when the connection is accepted and kept for as long as it is open:
+/// most of the memory of a held chat stream. Without TLS to decrypt, it saves no read either:
+/// the HTTP parser reads headers and bodies into buffers of its own. Writes keep Pingora's
+/// small buffer (one segment), which the connection flushes after every chunk of a stream.
+fn browser_buffers() -> L4BufferSettings {
+    L4BufferSettings {
+        read: Some(0),
+        write: None,
+    }
 }
 
 /// The connection deadlines of the browser side.

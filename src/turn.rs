@@ -96,7 +96,10 @@ impl Turn<'_> {
                 run_id = Some(id.to_string());
             }
             if end.last() != Some(&Signal::RequiresAction) {
-                return self.close(relay, end, upstream, run_id).await;
+                // Boxed, like the tool-output call below: this future lives as long as the
+                // stream and is as large as its largest state, so the states that come once
+                // (the end, a tool round) are kept out of it.
+                return Box::pin(self.close(relay, end, upstream, run_id)).await;
             }
             upstream.release_in_background();
             let round = reader.take_tool_calls().unwrap_or(ToolRound {
@@ -120,7 +123,7 @@ impl Turn<'_> {
             }
             rounds += 1;
             // Leads are captured even when the browser has gone: the visitor already gave them.
-            let outputs = self.answer(&round.calls).await;
+            let outputs = Box::pin(self.answer(&round.calls)).await;
             let next = self.dialect.continue_turn(
                 self.tenant,
                 self.conversation,
@@ -128,7 +131,8 @@ impl Turn<'_> {
                 &outputs,
                 self.safety_identifier,
             );
-            match self.upstream().send("submitting tool outputs", &next).await {
+            let sent = Box::pin(self.upstream().send("submitting tool outputs", &next)).await;
+            match sent {
                 Ok(response) => {
                     if relay.client_gone() {
                         let outcome = StreamOutcome::ClientGone;

@@ -98,6 +98,7 @@ pub(crate) const CONNECT_TIMEOUT_MS: Bounds = bounds(1, 3_600_000, d::CONNECT_TI
 pub(crate) const FIRST_BYTE_TIMEOUT_MS: Bounds = bounds(1, 3_600_000, d::FIRST_BYTE_TIMEOUT_MS, MS);
 pub(crate) const IDLE_TIMEOUT_MS: Bounds = bounds(1, 3_600_000, d::IDLE_TIMEOUT_MS, MS);
 pub(crate) const POOL_IDLE_TIMEOUT_MS: Bounds = bounds(1, 3_600_000, d::POOL_IDLE_TIMEOUT_MS, MS);
+pub(crate) const POOL_SIZE: Bounds = bounds(1, 100_000, d::POOL_SIZE as u64, "connections");
 pub(crate) const BODY_BYTES: Bounds = bounds(1, 10 << 20, d::MAX_BODY_BYTES as u64, "bytes");
 pub(crate) const MESSAGE_CHARS: Bounds =
     bounds(1, 1_000_000, d::MAX_MESSAGE_CHARS as u64, "characters");

@@ -25,6 +25,10 @@ pub(crate) const CONNECT_TIMEOUT_MS: u64 = 5_000;
 pub(crate) const FIRST_BYTE_TIMEOUT_MS: u64 = 60_000;
 pub(crate) const IDLE_TIMEOUT_MS: u64 = 60_000;
 pub(crate) const POOL_IDLE_TIMEOUT_MS: u64 = 90_000;
+/// Idle upstream connections kept (Pingora's own default): enough for a steady stream of
+/// requests, few enough that an idle proxy holds little (a pooled connection is a socket and a
+/// small task, no buffers).
+pub(crate) const POOL_SIZE: usize = 128;
 /// Per-address connect timeout; never more than the connect timeout.
 pub(crate) const ADDRESS_CONNECT_TIMEOUT_MS: u64 = 1_000;
 pub(crate) const MAX_BODY_BYTES: usize = 32 * 1024;
@@ -164,6 +168,7 @@ impl Default for UpstreamSettings {
             first_byte_timeout: Duration::from_millis(FIRST_BYTE_TIMEOUT_MS),
             idle_timeout: Duration::from_millis(IDLE_TIMEOUT_MS),
             pool_idle_timeout: Duration::from_millis(POOL_IDLE_TIMEOUT_MS),
+            pool_size: POOL_SIZE,
             address_connect_timeout: Duration::from_millis(ADDRESS_CONNECT_TIMEOUT_MS),
             resolve: Vec::new(),
         }

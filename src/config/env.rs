@@ -240,6 +240,7 @@ pub fn from_env_map(env: &HashMap<String, String>) -> Result<Config, ConfigError
         upstream: RawUpstream {
             base_url: text(env, "OPENAI_BASE_URL"),
             resolve: string_list(env, "OPENAI_RESOLVE")?,
+            pool_size: int(env, "OPENAI_POOL_SIZE")?,
             ..RawUpstream::default()
         },
         limits: RawLimits {
@@ -1498,6 +1499,21 @@ mod tests {
         );
         let err = err_of(&two_sites(&[("OPENAI_RESOLVE", "[1]")]));
         assert!(err.starts_with("OPENAI_RESOLVE[0]: is a number"), "{err}");
+    }
+
+    #[test]
+    fn openai_pool_size_bounds_the_idle_upstream_connections() {
+        let config = from_env_map(&two_sites(&[])).unwrap();
+        assert_eq!(config.upstream.pool_size, 128);
+        let config = from_env_map(&two_sites(&[("OPENAI_POOL_SIZE", "8")])).unwrap();
+        assert_eq!(config.upstream.pool_size, 8);
+        let err = err_of(&two_sites(&[("OPENAI_POOL_SIZE", "0")]));
+        assert!(
+            err.starts_with("OPENAI_POOL_SIZE: 0 is out of range"),
+            "{err}"
+        );
+        let err = err_of(&two_sites(&[("OPENAI_POOL_SIZE", "many")]));
+        assert!(err.starts_with("OPENAI_POOL_SIZE:"), "{err}");
     }
 
     // conversation handles

@@ -1251,6 +1251,23 @@ tools = [
     }
 
     #[test]
+    fn upstream_pool_size_is_read_and_bounded() {
+        let config = load(MINIMAL).unwrap();
+        assert_eq!(config.upstream.pool_size, 128, "Pingora's default");
+        let with = |upstream: &str| format!("{MINIMAL}\n[upstream]\n{upstream}\n");
+        let config = load(&with("pool_size = 16")).unwrap();
+        assert_eq!(config.upstream.pool_size, 16);
+        let err = load_err(&with("pool_size = 0"));
+        assert!(
+            err.starts_with("chatbot-proxy.toml line 8: upstream.pool_size: 0 is out of range"),
+            "{err}"
+        );
+        assert!(err.contains("from 1 to 100000"), "{err}");
+        assert!(load_err(&with("pool_size = 100001")).contains("upstream.pool_size"));
+        assert!(load_err(&with("pool_size = \"64\"")).contains("upstream.pool_size"));
+    }
+
+    #[test]
     fn leads_table() {
         let text = format!(
             "{MINIMAL}\n[leads]\ndir = \"/var/lib/chatbot-proxy/leads\"\nmax_per_conversation = 1\n\

@@ -156,6 +156,7 @@ pub(crate) struct RawUpstream {
     pub(crate) first_byte_timeout_ms: Opt<i64>,
     pub(crate) idle_timeout_ms: Opt<i64>,
     pub(crate) pool_idle_timeout_ms: Opt<i64>,
+    pub(crate) pool_size: Opt<i64>,
     pub(crate) address_connect_timeout_ms: Opt<i64>,
     pub(crate) resolve: Opt<List<String>>,
 }

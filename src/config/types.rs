@@ -100,6 +100,8 @@ pub struct UpstreamSettings {
     pub idle_timeout: Duration,
     /// How long an idle pooled upstream connection is kept.
     pub pool_idle_timeout: Duration,
+    /// Most idle upstream connections kept for reuse (the least recently used go first).
+    pub pool_size: usize,
     /// Connect timeout of one address when there are several (at most `connect_timeout`,
     /// which bounds the whole attempt; the last address gets whatever is left of it).
     pub address_connect_timeout: Duration,

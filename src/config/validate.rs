@@ -352,6 +352,7 @@ fn upstream(src: &Source, raw: &RawUpstream) -> Result<UpstreamSettings, ConfigE
     upstream.first_byte_timeout = first_byte?;
     upstream.idle_timeout = idle?;
     upstream.pool_idle_timeout = pool_idle?;
+    upstream.pool_size = src.int(&raw.pool_size, "upstream.pool_size", &check::POOL_SIZE)? as usize;
     let key = "upstream.address_connect_timeout_ms";
     let bounds = &check::ADDRESS_CONNECT_TIMEOUT_MS;
     let address = src.opt(&raw.address_connect_timeout_ms, key, |v, at| {

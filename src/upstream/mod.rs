@@ -11,7 +11,9 @@
 //! Pingora pools connections by peer, and a peer is one address: a request reuses only
 //! connections to the address it is trying, a response goes back to the pool of the address
 //! it came from, and when another address takes over, the old one's idle connections are
-//! left to expire (`pool_idle_timeout`) rather than reused.
+//! left to expire (`pool_idle_timeout`) rather than reused. At most `pool_size` idle connections
+//! are kept in all (the least recently used are closed first); a pooled connection keeps no
+//! buffer, only its socket.
 
 mod addresses;
 mod dns;
@@ -20,6 +22,7 @@ use crate::config::{Secret, UpstreamSettings};
 use bytes::{Bytes, BytesMut};
 use http::Method;
 use pingora::connectors::http::Connector;
+use pingora::connectors::ConnectorOptions;
 use pingora::protocols::http::client::HttpSession;
 use pingora::protocols::http::v1::client::HttpSession as Http1Session;
 use pingora::upstreams::peer::HttpPeer;
@@ -167,7 +170,7 @@ impl UpstreamClient {
         };
         Arc::new(UpstreamClient {
             host_header,
-            connector: Connector::new(None),
+            connector: Connector::new(Some(connector_options(settings.pool_size))),
             settings,
             resolver: Resolver::new(),
             pinned,
@@ -229,7 +232,11 @@ impl UpstreamClient {
                 None => left,
             };
             let peer = self.peer(addr, tcp, left);
-            let why = match timeout(left, self.connector.get_http_session(&peer)).await {
+            // Boxed: Pingora's connect future (TCP, TLS) is several KiB, and every future that
+            // awaits a request would otherwise carry that much for as long as it lives, a
+            // held stream included.
+            let connecting = Box::pin(self.connector.get_http_session(&peer));
+            let why = match timeout(left, connecting).await {
                 Ok(Ok((session, reused))) => {
                     if let Some(old) = self.preferred.worked(addr) {
                         log::info!("upstream {}: now connecting to {addr} (was {old})", s.host);
@@ -691,6 +698,14 @@ impl UpstreamResponse {
     }
 }
 
+/// The connector's options: at most `pool_size` idle connections kept, and the trusted roots
+/// read from one bundle file where there is one (see [`crate::ca_roots`]).
+fn connector_options(pool_size: usize) -> ConnectorOptions {
+    let mut options = ConnectorOptions::new(pool_size);
+    options.ca_file = crate::ca_roots::bundle_file();
+    options
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -710,6 +725,7 @@ mod tests {
             first_byte_timeout: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(2),
             pool_idle_timeout: Duration::from_secs(30),
+            pool_size: 128,
             address_connect_timeout: Duration::from_secs(1),
             resolve: Vec::new(),
         }
