@@ -32,7 +32,15 @@ mod tests {
     #[test]
     fn the_system_bundle_is_used_unless_the_environment_names_roots() {
         assert_eq!(choose(false, true), Some(SYSTEM_BUNDLE));
-        assert_eq!(choose(true, true), None, "SSL_CERT_FILE/SSL_CERT_DIR are honoured");
-        assert_eq!(choose(false, false), None, "no bundle: the platform's roots");
+        assert_eq!(
+            choose(true, true),
+            None,
+            "SSL_CERT_FILE/SSL_CERT_DIR are honoured"
+        );
+        assert_eq!(
+            choose(false, false),
+            None,
+            "no bundle: the platform's roots"
+        );
     }
 }
