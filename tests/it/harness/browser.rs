@@ -41,38 +41,20 @@ impl Browser {
             Path::new(CHROMIUM).exists(),
             "{CHROMIUM} is missing: run ./scripts/setup (it installs Debian's chromium)"
         );
-        let profile = tempfile::tempdir().unwrap();
-        let config = BrowserConfig::builder()
-            .chrome_executable(CHROMIUM)
-            .no_sandbox()
-            .user_data_dir(profile.path())
-            .window_size(width, 800)
-            .viewport(None)
-            .launch_timeout(Duration::from_secs(30))
-            .request_timeout(Duration::from_secs(30))
-            // Keys without the leading `--` (chromiumoxide adds it and merges repeated keys).
-            .args([
-                "disable-gpu",
-                "disable-quic",
-                "no-first-run",
-                "disable-background-networking",
-                "disable-component-update",
-                "disable-sync",
-                "disable-dev-shm-usage",
-            ])
-            // Every host name is this machine: pages on made-up sites, the proxy anywhere.
-            .arg(("host-resolver-rules", "MAP * 127.0.0.1"))
-            // The test sites are plain http on loopback: no local-network prompts.
-            .arg((
-                "disable-features",
-                "LocalNetworkAccessChecks,PrivateNetworkAccessRespectPreflightResults",
-            ))
-            .disable_https_first()
-            .build()
-            .expect("a browser configuration");
-        let (browser, mut handler) = CdpBrowser::launch(config)
-            .await
-            .unwrap_or_else(|e| panic!("chromium did not start: {e}"));
+        // A start that hangs (seen once in a loaded full run: no DevTools address within 30
+        // s) is the browser's, not the widget's: try a fresh profile up to three times.
+        let mut attempt = 1;
+        let (browser, mut handler, profile) = loop {
+            let profile = tempfile::tempdir().unwrap();
+            match CdpBrowser::launch(config(profile.path(), width)).await {
+                Ok((browser, handler)) => break (browser, handler, profile),
+                Err(e) if attempt < 3 => {
+                    eprintln!("chromium did not start (attempt {attempt}): {e}; trying again");
+                    attempt += 1;
+                }
+                Err(e) => panic!("chromium did not start in 3 attempts: {e}"),
+            }
+        };
         // The protocol's event loop: must run for any command to complete. Unknown or
         // malformed events are not fatal.
         let events = tokio::spawn(async move { while handler.next().await.is_some() {} });
@@ -107,6 +89,39 @@ impl Drop for Browser {
         self.events.abort();
         // chromiumoxide kills the child process when its Browser is dropped.
     }
+}
+
+/// The browser's settings: headless, `width` x 800, a fresh `profile`, and the flags this
+/// machine's closed network needs.
+fn config(profile: &Path, width: u32) -> BrowserConfig {
+    BrowserConfig::builder()
+        .chrome_executable(CHROMIUM)
+        .no_sandbox()
+        .user_data_dir(profile)
+        .window_size(width, 800)
+        .viewport(None)
+        .launch_timeout(Duration::from_secs(30))
+        .request_timeout(Duration::from_secs(30))
+        // Keys without the leading `--` (chromiumoxide adds it and merges repeated keys).
+        .args([
+            "disable-gpu",
+            "disable-quic",
+            "no-first-run",
+            "disable-background-networking",
+            "disable-component-update",
+            "disable-sync",
+            "disable-dev-shm-usage",
+        ])
+        // Every host name is this machine: pages on made-up sites, the proxy anywhere.
+        .arg(("host-resolver-rules", "MAP * 127.0.0.1"))
+        // The test sites are plain http on loopback: no local-network prompts.
+        .arg((
+            "disable-features",
+            "LocalNetworkAccessChecks,PrivateNetworkAccessRespectPreflightResults",
+        ))
+        .disable_https_first()
+        .build()
+        .expect("a browser configuration")
 }
 
 /// Evaluates `expression` in `page` and returns its (JSON) value.
