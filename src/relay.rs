@@ -3,13 +3,14 @@
 //! In the `openai` framing each upstream chunk is written to the client unchanged and at once
 //! (Pingora flushes every chunk of a chunked body). In the `widget-v1` framing the events the
 //! widget knows are translated, what is ready at the same moment (the upstream bytes already
-//! there when the relay reads) is merged by [`widget::coalesce`], and each resulting event
-//! is written on its own, at least [`WIDGET_WRITE_GAP`] after the previous one (the completed
-//! message or `system.error`, which carry the final text, [`FULL_TEXT_GAP`] apart from both
-//! neighbours): the old widget takes each `read()` as one event, and writes sent back to back
-//! could reach it as one read (what arrives during the pause goes into the next write).
-//! Either way the same bytes go through the SSE parser and the dialect's [`EventReader`], so the relay knows when the run ended, failed,
-//! was cut, or waits for tool outputs. After a `requires_action` the rest of that upstream
+//! there when the relay reads: [`UpstreamResponse::next_chunk`] takes them all) is merged by
+//! [`widget::coalesce`], and each resulting event is written on its own, at least
+//! [`WIDGET_WRITE_GAP`] after the previous one (the completed message or `system.error`,
+//! which carry the final text, [`FULL_TEXT_GAP`] apart from both neighbours): the old widget
+//! takes each `read()` as one event, and writes sent back to back could reach it as one read
+//! (what arrives during the pause goes into the next write). Either way the same bytes go
+//! through the SSE parser and the dialect's [`EventReader`], so the relay knows when the run
+//! ended, failed, was cut, or waits for tool outputs. After a `requires_action` the rest of that upstream
 //! stream (its `done`) is held back: the continuation follows on the same response.
 
 use crate::dialect::{Dialect, EventReader, Signal};
@@ -19,11 +20,9 @@ use crate::sse::{encode_event, SseParser};
 use crate::store::Held;
 use crate::upstream::{UpstreamError, UpstreamResponse};
 use crate::widget;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use pingora_proxy::Session;
 use serde_json::json;
-use std::future::Future;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 /// The least time between two writes of the `widget-v1` framing, so that the browser reads
@@ -199,26 +198,22 @@ impl<'s> Relay<'s> {
         let mut last = None;
         // After `requires_action`, nothing more of this leg reaches the client.
         let mut holding = false;
-        // What the upstream said after the chunks taken with the previous one (widget-v1).
-        let mut stashed = None;
         let widget = matches!(self.framing, Framing::WidgetV1(_));
         loop {
             if widget {
-                // Let what arrives until the next write may go out become one write.
+                // Let what arrives until the next write may go out become one write (the
+                // upstream's `next_chunk` takes every chunk already there).
                 self.pace(WIDGET_WRITE_GAP).await;
             }
-            let next = match stashed.take() {
-                Some(next) => next,
-                None => tokio::select! {
-                    next = upstream.next_chunk() => next,
-                    () = watch_close(self.session, &mut self.watch_client) => {
-                        self.client_gone = true;
-                        self.session.set_keepalive(None);
-                        return LegEnd::ClientGone { last };
-                    }
-                },
+            let next = tokio::select! {
+                next = upstream.next_chunk() => next,
+                () = watch_close(self.session, &mut self.watch_client) => {
+                    self.client_gone = true;
+                    self.session.set_keepalive(None);
+                    return LegEnd::ClientGone { last };
+                }
             };
-            let mut chunk = match next {
+            let chunk = match next {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) if parser.has_partial() => {
                     return LegEnd::Broken(UpstreamError::Broken(
@@ -228,11 +223,6 @@ impl<'s> Relay<'s> {
                 Ok(None) => return LegEnd::EndedEarly { last },
                 Err(e) => return LegEnd::Broken(e),
             };
-            if widget {
-                let (joined, next) = with_ready_chunks(upstream, chunk).await;
-                chunk = joined;
-                stashed = next;
-            }
             let Ok(events) = parser.push_with_ends(&chunk) else {
                 return LegEnd::Garbled;
             };
@@ -337,37 +327,6 @@ impl<'s> Relay<'s> {
             self.session.set_keepalive(None);
         }
     }
-}
-
-/// The most bytes [`with_ready_chunks`] joins (an upstream that always has more is still
-/// relayed in steps).
-const MAX_JOINED: usize = 64 * 1024;
-
-/// `chunk` joined with the upstream's next chunks that are already there (read without
-/// waiting, up to [`MAX_JOINED`] bytes), and what the upstream said after them if that was not
-/// a chunk (its end or a failure, for the next round).
-async fn with_ready_chunks(
-    upstream: &mut UpstreamResponse,
-    chunk: Bytes,
-) -> (Bytes, Option<Result<Option<Bytes>, UpstreamError>>) {
-    let mut joined: Option<BytesMut> = None;
-    while joined.as_ref().map_or(chunk.len(), BytesMut::len) < MAX_JOINED {
-        let ready = {
-            let mut next = std::pin::pin!(upstream.next_chunk());
-            // One poll: a read that would wait is dropped before it took any byte.
-            std::future::poll_fn(|cx| Poll::Ready(next.as_mut().poll(cx))).await
-        };
-        match ready {
-            Poll::Ready(Ok(Some(more))) => joined
-                .get_or_insert_with(|| BytesMut::from(&chunk[..]))
-                .extend_from_slice(&more),
-            Poll::Ready(other) => {
-                return (joined.map_or(chunk, BytesMut::freeze), Some(other));
-            }
-            Poll::Pending => break,
-        }
-    }
-    (joined.map_or(chunk, BytesMut::freeze), None)
 }
 
 /// Resolves when the client closes its connection (or resets its HTTP/2 stream).
