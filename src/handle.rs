@@ -148,13 +148,8 @@ impl HandleKey {
 /// one visitor's conversation rather than on the tenant's whole organisation, without ever
 /// seeing the handle (which would let anyone post into that conversation).
 pub fn safety_identifier(handle: &str) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let hash = digest::digest(&digest::SHA256, handle.as_bytes());
-    let mut hex = String::with_capacity(2 * hash.as_ref().len());
-    for b in hash.as_ref() {
-        hex.push(HEX[usize::from(b >> 4)] as char);
-        hex.push(HEX[usize::from(b & 0xf)] as char);
-    }
+    let mut hex = hex::encode(hash);
     hex.truncate(SAFETY_ID_CHARS);
     hex
 }

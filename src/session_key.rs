@@ -127,7 +127,7 @@ fn generate() -> Result<String, String> {
         "the operating system gave no random bytes for the session secret: set SESSION_SECRET"
             .to_string()
     })?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex::encode(bytes))
 }
 
 /// A name in `dir` that no other process uses.
@@ -136,7 +136,7 @@ fn temporary_path(dir: &Path) -> Result<PathBuf, String> {
     SystemRandom::new()
         .fill(&mut nonce)
         .map_err(|_| "the operating system gave no random bytes".to_string())?;
-    let nonce: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+    let nonce = hex::encode(nonce);
     Ok(dir.join(format!(".{FILE_NAME}.{}.{nonce}", std::process::id())))
 }
 
