@@ -1,10 +1,13 @@
 //! The Pingora service: one request's journey through the proxy.
 //!
-//! Every widget request is answered from `request_filter`: route, calling site, tenant, CORS,
-//! then the route's handler talks to the upstream through an [`UpstreamCall`] and writes the
-//! answer itself (streams need async writes between upstream reads, which Pingora's body
-//! filters cannot do). `logging` writes the access line and records the request's metrics.
-//! [`RequestCtx`] carries what one request learned along the way.
+//! [`ChatbotProxy::serve`] answers one request on a browser connection whose header
+//! [`crate::downstream`]'s request loop has read: route, calling site, tenant, CORS, then the
+//! route's handler talks to the upstream through an [`UpstreamCall`] and writes the answer
+//! itself; `logging` writes the access line and records the request's metrics. [`RequestCtx`]
+//! carries what one request learned along the way.
+//!
+//! Every answer is ours, so Pingora's `HttpProxy` (its cache, modules, subrequests and
+//! upstream phases) is not on the path: it cost about a tenth of a create-thread's CPU.
 
 use crate::app::AppState;
 use crate::config::{StreamFormat, Tenant};
@@ -20,11 +23,8 @@ use crate::shutdown::InFlightGuard;
 use crate::turn::{StreamOutcome, Turn};
 use crate::upstream::{UpstreamError, NOT_JSON};
 use crate::upstream_call::CallFailure;
-use async_trait::async_trait;
 use bytes::BytesMut;
-use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, ErrorType, Result};
-use pingora_proxy::{ProxyHttp, Session};
+use pingora::protocols::http::ServerSession;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -64,10 +64,7 @@ impl RequestCtx {
     }
 }
 
-#[async_trait]
-impl ProxyHttp for ChatbotProxy {
-    type CTX = RequestCtx;
-
+impl ChatbotProxy {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             started: Instant::now(),
@@ -81,21 +78,8 @@ impl ProxyHttp for ChatbotProxy {
         }
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let written = self.handle(session, ctx).await;
-        ctx.written = written;
-        Ok(true)
-    }
-
-    async fn upstream_peer(&self, _: &mut Session, _: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        // Every request is answered in `request_filter`; reaching here is a bug.
-        Error::e_explain(
-            ErrorType::InternalError,
-            "no route proxies through upstream_peer",
-        )
-    }
-
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    /// The access log line and the request's metrics.
+    fn logging(&self, session: &ServerSession, ctx: &RequestCtx) {
         let route = ctx.route.map_or("-", Route::name);
         let tenant = ctx.tenant.as_ref().map_or("-", |t| t.name.as_str());
         let duration = ctx.started.elapsed();
@@ -126,10 +110,32 @@ impl ProxyHttp for ChatbotProxy {
     }
 }
 
+impl crate::downstream::Handler for ChatbotProxy {
+    async fn serve(&self, session: &mut ServerSession) {
+        let mut ctx = self.new_ctx();
+        ctx.written = self.handle(session, &mut ctx).await;
+        self.logging(session, &ctx);
+    }
+
+    async fn refuse(&self, session: &mut ServerSession, err: &ApiError) {
+        let started = Instant::now();
+        let written = respond::refusal(session, err).await;
+        let peer = session.client_addr().map(|a| a.to_string());
+        log::info!(
+            "access client={} method=- route=- tenant=- status={} duration_ms=0 bytes={} outcome=-",
+            peer.as_deref().unwrap_or("-"),
+            written.status,
+            written.bytes,
+        );
+        let metrics = &self.state.metrics;
+        metrics.request("-", "-", written.status, started.elapsed());
+    }
+}
+
 impl ChatbotProxy {
     /// The visitor's address (see [`crate::client_addr`]); `None` for a peer that is not an
     /// IP socket.
-    fn client_ip(&self, session: &Session) -> Option<std::net::IpAddr> {
+    fn client_ip(&self, session: &ServerSession) -> Option<std::net::IpAddr> {
         let peer = session.client_addr()?.as_inet()?.ip();
         let header = |name: &str| session.get_header(name).and_then(|v| v.to_str().ok());
         Some(crate::client_addr::client_ip(
@@ -141,7 +147,7 @@ impl ChatbotProxy {
     }
 
     /// Route the request and answer it.
-    async fn handle(&self, session: &mut Session, ctx: &mut RequestCtx) -> Written {
+    async fn handle(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> Written {
         let req = session.req_header();
         let method = req.method.clone();
         let route = Route::resolve(req.uri.path(), &self.state.config.server.prefix);
@@ -226,7 +232,7 @@ impl ChatbotProxy {
     /// [`crate::conversation`]) as `id` and `thread_id`.
     async fn create_thread(
         &self,
-        session: &mut Session,
+        session: &mut ServerSession,
         ctx: &RequestCtx,
         tenant: &Tenant,
     ) -> Result<Written, ApiError> {
@@ -278,7 +284,7 @@ impl ChatbotProxy {
     /// `process-message`: add the message, start a streamed answer, relay it.
     async fn process_message(
         &self,
-        session: &mut Session,
+        session: &mut ServerSession,
         ctx: &mut RequestCtx,
         tenant: &Tenant,
     ) -> Result<Written, ApiError> {
@@ -360,7 +366,7 @@ impl ChatbotProxy {
 /// Read the request body, refusing more than `limit` bytes or taking longer than `deadline` in
 /// total (a body trickled a byte at a time must not hold the connection for days).
 async fn read_body(
-    session: &mut Session,
+    session: &mut ServerSession,
     limit: usize,
     deadline: Duration,
 ) -> Result<bytes::Bytes, ApiError> {

@@ -21,7 +21,7 @@ use crate::store::Held;
 use crate::upstream::{UpstreamError, UpstreamResponse};
 use crate::widget;
 use bytes::Bytes;
-use pingora_proxy::Session;
+use pingora::protocols::http::ServerSession;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -76,7 +76,7 @@ impl LegEnd {
 
 /// The client side of a streamed answer.
 pub struct Relay<'s> {
-    session: &'s mut Session,
+    session: &'s mut ServerSession,
     framing: Framing,
     /// Body bytes written to the client so far.
     pub bytes_sent: usize,
@@ -100,15 +100,14 @@ impl<'s> Relay<'s> {
     /// stops reading is dropped by the connection's stalled-reader limit
     /// ([`crate::downstream`]), so it cannot pin an upstream stream.
     pub async fn start(
-        session: &'s mut Session,
+        session: &'s mut ServerSession,
         cors_origin: Option<&str>,
         framing: Framing,
     ) -> Option<Relay<'s>> {
-        let chunked = !session.as_downstream().is_http2()
-            && session.req_header().version != http::Version::HTTP_10;
+        let chunked = !session.is_http2() && session.req_header().version != http::Version::HTTP_10;
         let header = respond::event_stream_header(cors_origin, chunked);
         if session
-            .write_response_header(Box::new(header), false)
+            .write_response_header(Box::new(header))
             .await
             .is_err()
         {
@@ -171,7 +170,7 @@ impl<'s> Relay<'s> {
         let n = bytes.len();
         if self
             .session
-            .write_response_body(Some(bytes), false)
+            .write_response_body(bytes, false)
             .await
             .is_err()
         {
@@ -322,7 +321,12 @@ impl<'s> Relay<'s> {
         if self.client_gone {
             return;
         }
-        if self.session.write_response_body(None, true).await.is_err() {
+        if self
+            .session
+            .write_response_body(bytes::Bytes::new(), true)
+            .await
+            .is_err()
+        {
             self.client_gone = true;
             self.session.set_keepalive(None);
         }
@@ -330,9 +334,9 @@ impl<'s> Relay<'s> {
 }
 
 /// Resolves when the client closes its connection (or resets its HTTP/2 stream).
-async fn watch_close(session: &mut Session, watching: &mut bool) {
+async fn watch_close(session: &mut ServerSession, watching: &mut bool) {
     if *watching {
-        match session.as_downstream_mut().read_body_or_idle(true).await {
+        match session.read_body_or_idle(true).await {
             Err(_) => return,
             // The client sent more bytes (e.g. a pipelined request): nothing to learn from
             // them now; stop watching so this branch does not spin.

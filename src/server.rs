@@ -90,10 +90,9 @@ pub fn add_proxy(server: &mut Server, config: Config) -> Result<(), crate::app::
         log::info!("metrics on http://{addr}/metrics");
     }
     let timeouts = client_timeouts(&state.config.server.timeouts);
-    let proxy = pingora_proxy::http_proxy(&server.configuration, ChatbotProxy::new(state));
     let mut service = pingora::services::listening::Service::new(
         "chatbot-proxy".into(),
-        GuardedHttp::new(proxy, timeouts),
+        GuardedHttp::new(ChatbotProxy::new(state), timeouts),
     );
     service.add_listener(ListenerConfig::tcp(listen).l4_buffer(browser_buffers()));
     server.add_service(service);

@@ -20,7 +20,7 @@ use crate::respond::{self, Written};
 use bytes::Bytes;
 use once_cell::sync::Lazy;
 use pingora::http::ResponseHeader;
-use pingora_proxy::Session;
+use pingora::protocols::http::ServerSession;
 
 /// The widget's source, with a placeholder where the stylesheet goes.
 const SCRIPT_SOURCE: &str = include_str!("widget.js");
@@ -79,7 +79,7 @@ fn matches(if_none_match: &str, etag: &str) -> bool {
 }
 
 /// `GET /widget.js` (and `HEAD`): the script, or 304 when the browser's copy is current.
-pub async fn serve_script(session: &mut Session) -> Written {
+pub async fn serve_script(session: &mut ServerSession) -> Written {
     let method = session.req_header().method.clone();
     if method != http::Method::GET && method != http::Method::HEAD {
         return respond::error(session, &ApiError::method_not_allowed("GET, HEAD"), None).await;
@@ -108,16 +108,10 @@ pub async fn serve_script(session: &mut Session) -> Written {
     }
     let bytes = body.as_ref().map_or(0, Bytes::len);
     let ok = match body {
-        None => session
-            .write_response_header(Box::new(h), true)
-            .await
-            .is_ok(),
+        None => session.write_response_header(Box::new(h)).await.is_ok(),
         Some(body) => {
-            session
-                .write_response_header(Box::new(h), false)
-                .await
-                .is_ok()
-                && session.write_response_body(Some(body), true).await.is_ok()
+            session.write_response_header(Box::new(h)).await.is_ok()
+                && session.write_response_body(body, true).await.is_ok()
         }
     };
     if !ok {
@@ -134,7 +128,11 @@ fn config_body(tenant: &Tenant) -> Vec<u8> {
 }
 
 /// `GET {prefix}/widget-config` from a whitelisted site of `tenant`.
-pub async fn serve_config(session: &mut Session, tenant: &Tenant, cors: Option<&str>) -> Written {
+pub async fn serve_config(
+    session: &mut ServerSession,
+    tenant: &Tenant,
+    cors: Option<&str>,
+) -> Written {
     respond::json(session, 200, config_body(tenant), cors, &[]).await
 }
 

@@ -277,3 +277,30 @@ fn unknown_routes_are_404_and_wrong_methods_405() {
     }
     stub.assert_no_requests("unknown routes and methods");
 }
+
+#[test]
+fn a_request_that_is_not_http_gets_a_json_400_and_the_connection_closes() {
+    let (stub, proxy) = start_pair();
+    let cases: [&[u8]; 3] = [
+        b"GARBAGE\r\n\r\n",
+        b"POST /open-ai/process-message HTTP/1.1\r\nHost: x\r\nBad Header Name: 1\r\n\r\n",
+        b"GET /open-ai/create-thread HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+    ];
+    for bytes in cases {
+        let answer = RawConn::send_bytes(proxy.port, bytes).read_response();
+        let what = String::from_utf8_lossy(bytes);
+        answer.to_resp().assert_error(400, "bad_request");
+        assert_eq!(answer.ending, Ending::Complete, "{what:?}");
+        assert_eq!(
+            answer.headers.get("connection"),
+            Some("close"),
+            "{what:?}: the connection is not reused after a request it could not read"
+        );
+    }
+    let logs = proxy.logs();
+    assert!(
+        logs.contains("route=- tenant=- status=400"),
+        "the refusal is in the access log: {logs}"
+    );
+    stub.assert_no_requests("requests that are not HTTP");
+}
