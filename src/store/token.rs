@@ -7,6 +7,7 @@
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 /// Which store handed a token out: it is renewed and freed there, even if the other store
 /// serves by then (a lock taken in the process during a Redis outage is freed in the process).
@@ -27,12 +28,15 @@ pub struct Token {
 impl Token {
     pub(crate) fn new(origin: Origin) -> Token {
         static NEXT: AtomicU64 = AtomicU64::new(0);
+        // Read once: each call is a system call, and a token is made for every message.
+        static PID: OnceLock<u32> = OnceLock::new();
+        let pid = *PID.get_or_init(std::process::id);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let mut hasher = RandomState::new().build_hasher();
         hasher.write_u64(n);
         let random = hasher.finish();
         Token {
-            id: format!("{:x}-{n:x}-{random:016x}", std::process::id()),
+            id: format!("{pid:x}-{n:x}-{random:016x}"),
             origin,
         }
     }
