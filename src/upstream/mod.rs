@@ -1,6 +1,7 @@
 //! The HTTP client that talks to OpenAI (or the stub).
 //!
-//! Built on Pingora's own `Connector` (rustls, connection pooling). Every call gets a fresh
+//! Built on Pingora's transport connector (TCP, rustls) and HTTP/1 client session, with a pool
+//! of idle connections of our own (`pool`). Every call gets a fresh
 //! request header with the tenant's key; the response is either read whole (small JSON
 //! answers) or chunk by chunk (streams), with a first-byte timeout and an idle timeout between
 //! chunks. A connection goes back to the pool only when its response was read to the end.
@@ -8,24 +9,24 @@
 //! The host's addresses (from DNS, or static ones from `[upstream] resolve`) are tried one
 //! after the other until one connects, each within `address_connect_timeout` and all of them
 //! within `connect_timeout`; the one that connected is tried first next time (`addresses`).
-//! Pingora pools connections by peer, and a peer is one address: a request reuses only
-//! connections to the address it is trying, a response goes back to the pool of the address
-//! it came from, and when another address takes over, the old one's idle connections are
-//! left to expire (`pool_idle_timeout`) rather than reused. At most `pool_size` idle connections
-//! are kept in all (the least recently used are closed first); a pooled connection keeps no
-//! buffer, only its socket.
+//! Idle connections are kept by address: a request reuses only connections to the address it
+//! is trying, a response goes back with the address it came from, and when another address
+//! takes over, the old one's idle connections are left to expire (`pool_idle_timeout`) rather
+//! than reused. At most `pool_size` idle connections are kept in all (the least recently used
+//! are closed first); a pooled connection keeps no buffer, only its socket.
 
 mod addresses;
 mod dns;
+mod pool;
 
 use crate::config::{Secret, UpstreamSettings};
 use bytes::{Bytes, BytesMut};
 use http::Method;
-use pingora::connectors::http::Connector;
-use pingora::connectors::ConnectorOptions;
+use pingora::connectors::{ConnectorOptions, TransportConnector};
 use pingora::protocols::http::client::HttpSession;
 use pingora::protocols::http::v1::client::HttpSession as Http1Session;
-use pingora::upstreams::peer::HttpPeer;
+use pingora::protocols::Stream;
+use pingora::upstreams::peer::{HttpPeer, Peer};
 use pingora::{ErrorType, RetryType};
 use std::fmt;
 use std::future::Future;
@@ -41,6 +42,7 @@ use tokio::time::Instant;
 use pingora_timeout::fast_timeout::fast_timeout as timeout;
 
 use addresses::{attempt_order, Preferred};
+use pool::IdlePool;
 
 pub use dns::Resolver;
 
@@ -135,7 +137,8 @@ impl fmt::Display for UpstreamError {
 
 /// The shared upstream client: one per process.
 pub struct UpstreamClient {
-    connector: Connector,
+    connector: TransportConnector,
+    pool: IdlePool,
     settings: UpstreamSettings,
     resolver: Resolver,
     /// The static addresses of `[upstream] resolve`, if any: used instead of DNS.
@@ -170,7 +173,8 @@ impl UpstreamClient {
         };
         Arc::new(UpstreamClient {
             host_header,
-            connector: Connector::new(Some(connector_options(settings.pool_size))),
+            connector: TransportConnector::new(Some(connector_options())),
+            pool: IdlePool::new(settings.pool_size, settings.pool_idle_timeout),
             settings,
             resolver: Resolver::new(),
             pinned,
@@ -182,8 +186,8 @@ impl UpstreamClient {
         &self.settings
     }
 
-    /// The peer for `addr`: TCP connect within `tcp`, TCP and TLS within `total`. Timeouts are
-    /// not part of a peer's pool key, so every peer of one address shares that address's pool.
+    /// The peer for `addr`: TCP connect within `tcp`, TCP and TLS within `total`. Its idle
+    /// timeout tells Pingora's HTTP/1 session that the connection may be kept alive.
     fn peer(&self, addr: SocketAddr, tcp: Duration, total: Duration) -> HttpPeer {
         let s = &self.settings;
         let mut peer = HttpPeer::new(addr, s.tls, s.host.clone());
@@ -208,7 +212,7 @@ impl UpstreamClient {
         Ok(attempt_order(&all, self.preferred.get()))
     }
 
-    /// A session to the first of `candidates` that connects (a pooled one counts), with its
+    /// A connection to the first of `candidates` that connects (a pooled one counts), with its
     /// peer and whether it was pooled. Each address but the last gets
     /// `address_connect_timeout`; all together get `connect_timeout`. A failed address is
     /// logged and the next one tried; only when none is left does the request fail, with the
@@ -216,7 +220,7 @@ impl UpstreamClient {
     async fn connect(
         &self,
         candidates: &[SocketAddr],
-    ) -> Result<(HttpSession, bool, HttpPeer), UpstreamError> {
+    ) -> Result<(Stream, bool, HttpPeer), UpstreamError> {
         let s = &self.settings;
         let deadline = Instant::now() + s.connect_timeout;
         let mut failure = UpstreamError::Unreachable(format!("{} has no address", s.host));
@@ -232,16 +236,20 @@ impl UpstreamClient {
                 None => left,
             };
             let peer = self.peer(addr, tcp, left);
+            if let Some(stream) = self.pool.take(addr) {
+                self.preferred.worked(addr);
+                return Ok((stream, true, peer));
+            }
             // Boxed: Pingora's connect future (TCP, TLS) is several KiB, and every future that
             // awaits a request would otherwise carry that much for as long as it lives, a
             // held stream included.
-            let connecting = Box::pin(self.connector.get_http_session(&peer));
+            let connecting = Box::pin(self.connector.new_stream(&peer));
             let why = match timeout(left, connecting).await {
-                Ok(Ok((session, reused))) => {
+                Ok(Ok(stream)) => {
                     if let Some(old) = self.preferred.worked(addr) {
                         log::info!("upstream {}: now connecting to {addr} (was {old})", s.host);
                     }
-                    return Ok((session, reused, peer));
+                    return Ok((stream, false, peer));
                 }
                 Ok(Err(e)) => {
                     failure = classify_connect_error(&e);
@@ -367,8 +375,8 @@ impl UpstreamClient {
         loop {
             attempt += 1;
             let candidates = self.candidates().await?;
-            let (session, reused, peer) = self.connect(&candidates).await?;
-            match self.exchange(session, &peer, req, key).await {
+            let (stream, reused, peer) = self.connect(&candidates).await?;
+            match self.exchange(stream, &peer, req, key).await {
                 Ok(session) => {
                     let header = session
                         .response_header()
@@ -408,24 +416,18 @@ impl UpstreamClient {
     /// (a pooled connection that failed while we wrote, or closed before answering a byte),
     /// so that a POST is never done twice.
     ///
-    /// The request is written by us in one write ([`Self::request_bytes`]) on the session's
-    /// stream, which then becomes a fresh HTTP/1 session to read the answer with (Pingora's
-    /// session would flush the header and the body apart).
+    /// The request is written by us in one write ([`Self::request_bytes`]) on the stream,
+    /// which then becomes an HTTP/1 session to read the answer with (Pingora's session would
+    /// flush the header and the body apart).
     async fn exchange(
         &self,
-        session: HttpSession,
+        mut stream: Stream,
         peer: &HttpPeer,
         req: &UpstreamRequest,
         key: Option<&Secret>,
     ) -> Result<HttpSession, Failed> {
         let s = &self.settings;
         let wire = self.request_bytes(req, key).map_err(Failed::final_)?;
-        let HttpSession::H1(h1) = session else {
-            // Our peers offer HTTP/1.1 only (no ALPN h2).
-            let why = UpstreamError::Broken("the upstream session is not HTTP/1".into());
-            return Err(Failed::final_(why));
-        };
-        let mut stream = h1.into_inner();
         let write = async {
             stream.write_all(&wire).await?;
             stream.flush().await
@@ -670,13 +672,15 @@ impl UpstreamResponse {
     /// Finish with the response: a completed one goes back to the pool, one that was left
     /// half-read is closed (its remaining body is of no use to anyone).
     pub async fn release(&mut self) {
-        if let Some(session) = self.session.take() {
+        if let Some(HttpSession::H1(mut session)) = self.session.take() {
             if self.finished {
-                let idle = self.client.settings.pool_idle_timeout;
-                self.client
-                    .connector
-                    .release_http_session(session, &self.peer, Some(idle))
-                    .await;
+                // Kept only if the upstream's answer allows it (no `Connection: close`, a body
+                // that was delimited and read to its end).
+                session.respect_keepalive();
+                let addr = self.peer.address().as_inet().copied();
+                if let (Some(stream), Some(addr)) = (session.reuse().await, addr) {
+                    self.client.pool.put(addr, stream);
+                }
             }
         }
     }
@@ -698,10 +702,10 @@ impl UpstreamResponse {
     }
 }
 
-/// The connector's options: at most `pool_size` idle connections kept, and the trusted roots
-/// read from one bundle file where there is one (see [`crate::ca_roots`]).
-fn connector_options(pool_size: usize) -> ConnectorOptions {
-    let mut options = ConnectorOptions::new(pool_size);
+/// The connector's options: the trusted roots read from one bundle file where there is one
+/// (see [`crate::ca_roots`]). Its own pool is not used (see `pool`).
+fn connector_options() -> ConnectorOptions {
+    let mut options = ConnectorOptions::new(0);
     options.ca_file = crate::ca_roots::bundle_file();
     options
 }
