@@ -171,7 +171,7 @@ fn step(state: Chunk, b: u8) -> Result<Chunk, BodyError> {
         Size { size, digits } => match hex(b) {
             Some(_) if digits == MAX_SIZE_DIGITS => return bad("chunk size too large"),
             Some(v) => Size {
-                size: size << 4 | v as u64,
+                size: (size << 4) | u64::from(v),
                 digits: digits + 1,
             },
             None if digits == 0 => return bad("chunk size expected"),

@@ -1,9 +1,14 @@
 //! The HTTP client that talks to OpenAI (or the stub).
 //!
-//! Built on Pingora's own `Connector` (rustls, connection pooling). Every call gets a fresh
-//! request header with the tenant's key; the response is either read whole (small JSON
-//! answers) or chunk by chunk (streams), with a first-byte timeout and an idle timeout between
-//! chunks. A connection goes back to the pool only when its response was read to the end.
+//! Built on Pingora's own `TransportConnector` (TCP, rustls, connection pooling); the HTTP/1
+//! exchange on a connection is ours: the request goes out in one write, the response header
+//! is parsed by `head` and the body decoded by `body`, without a read buffer kept between two
+//! reads (Pingora's HTTP/1 client keeps 64 KiB per response, the bulk of a held stream's
+//! memory). Every call gets a fresh request header with the tenant's key; the response is
+//! either read whole (small JSON answers) or chunk by chunk (streams), with a first-byte
+//! timeout and an idle timeout between chunks. A connection goes back to the pool only when
+//! its response was read to the end (by its framing, with nothing behind it, and a header
+//! that allows keep-alive).
 //!
 //! The host's addresses (from DNS, or static ones from `[upstream] resolve`) are tried one
 //! after the other until one connects, each within `address_connect_timeout` and all of them
