@@ -972,6 +972,86 @@ mod tests {
         ));
     }
 
+    /// A server that answers every request on every connection with `writes`, 50 ms apart,
+    /// and then closes the connection if `close`; counts connections.
+    async fn scripted_server(
+        writes: &'static [&'static str],
+        close: bool,
+    ) -> (u16, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let c = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                c.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    while read_request(&mut conn).await.is_some() {
+                        for write in writes {
+                            if conn.write_all(write.as_bytes()).await.is_err() {
+                                return;
+                            }
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        if close {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (port, connections)
+    }
+
+    #[tokio::test]
+    async fn a_length_body_split_over_writes_is_read_whole_and_pooled() {
+        let writes = &["HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n{\"a\"", ":1}"];
+        let (port, connections) = scripted_server(writes, false).await;
+        let client = UpstreamClient::new(settings(port));
+        for _ in 0..2 {
+            let resp = client.send(&post(), &key()).await.unwrap();
+            assert_eq!(resp.json().await.unwrap(), serde_json::json!({"a": 1}));
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 1, "pooled");
+    }
+
+    #[tokio::test]
+    async fn a_close_delimited_body_runs_to_the_close_and_is_not_pooled() {
+        let writes = &["HTTP/1.1 200 OK\r\n\r\ndata: 1\n\n", "data: 2\n\n"];
+        let (port, connections) = scripted_server(writes, true).await;
+        let client = UpstreamClient::new(settings(port));
+        for _ in 0..2 {
+            let resp = client.send(&post(), &key()).await.unwrap();
+            let body = resp.read_all().await.unwrap();
+            assert_eq!(&body[..], b"data: 1\n\ndata: 2\n\n");
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_chunked_body_cut_short_fails_after_the_bytes_that_came() {
+        let writes = &["HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"];
+        let (port, _) = scripted_server(writes, true).await;
+        let client = UpstreamClient::new(settings(port));
+        let mut resp = client.send(&post(), &key()).await.unwrap();
+        assert_eq!(
+            resp.next_chunk().await.unwrap().as_deref(),
+            Some(&b"abc"[..])
+        );
+        assert!(matches!(
+            resp.next_chunk().await,
+            Err(UpstreamError::Broken(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_malformed_header_is_a_broken_upstream() {
+        let (port, _) = scripted_server(&["SSH-2.0-OpenSSH_9.6\r\n\r\n"], true).await;
+        let client = UpstreamClient::new(settings(port));
+        let result = client.send(&post(), &key()).await;
+        assert!(matches!(result.err(), Some(UpstreamError::Broken(_))));
+    }
+
     #[tokio::test]
     async fn chunks_already_arrived_come_in_one_piece_and_later_ones_apart() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
