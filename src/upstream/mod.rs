@@ -1,10 +1,14 @@
 //! The HTTP client that talks to OpenAI (or the stub).
 //!
-//! Built on Pingora's transport connector (TCP, rustls) and HTTP/1 client session, with a pool
-//! of idle connections of our own (`pool`). Every call gets a fresh
-//! request header with the tenant's key; the response is either read whole (small JSON
-//! answers) or chunk by chunk (streams), with a first-byte timeout and an idle timeout between
-//! chunks. A connection goes back to the pool only when its response was read to the end.
+//! Built on Pingora's own `TransportConnector` (TCP, rustls); the pool of idle connections
+//! (`pool`) and the HTTP/1 exchange on a connection are ours: the request goes out in one write, the response header
+//! is parsed by `head` and the body decoded by `body`, without a read buffer kept between two
+//! reads (Pingora's HTTP/1 client keeps 64 KiB per response, the bulk of a held stream's
+//! memory). Every call gets a fresh request header with the tenant's key; the response is
+//! either read whole (small JSON answers) or chunk by chunk (streams), with a first-byte
+//! timeout and an idle timeout between chunks. A connection goes back to the pool only when
+//! its response was read to the end (by its framing, with nothing behind it, and a header
+//! that allows keep-alive).
 //!
 //! The host's addresses (from DNS, or static ones from `[upstream] resolve`) are tried one
 //! after the other until one connects, each within `address_connect_timeout` and all of them
@@ -16,24 +20,27 @@
 //! are closed first); a pooled connection keeps no buffer, only its socket.
 
 mod addresses;
+mod body;
 mod dns;
+mod head;
 mod pool;
 
 use crate::config::{Secret, UpstreamSettings};
 use bytes::{Bytes, BytesMut};
 use http::Method;
 use pingora::connectors::{ConnectorOptions, TransportConnector};
-use pingora::protocols::http::client::HttpSession;
-use pingora::protocols::http::v1::client::HttpSession as Http1Session;
 use pingora::protocols::Stream;
-use pingora::upstreams::peer::{HttpPeer, Peer};
-use pingora::{ErrorType, RetryType};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::ErrorType;
 use std::fmt;
 use std::future::Future;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 // Every exchange arms a few timeouts (connecting, sending, the first byte, each chunk) that
 // almost never fire. Pingora's fast timeouts share one timer per 10 ms tick and arm it only
@@ -42,6 +49,8 @@ use tokio::time::Instant;
 use pingora_timeout::fast_timeout::fast_timeout as timeout;
 
 use addresses::{attempt_order, Preferred};
+use body::BodyDecoder;
+use head::{Head, Parsed};
 use pool::IdlePool;
 
 pub use dns::Resolver;
@@ -137,7 +146,9 @@ impl fmt::Display for UpstreamError {
 
 /// The shared upstream client: one per process.
 pub struct UpstreamClient {
+    /// Pingora's TCP/TLS connector (HTTP/1 is ours: see [`UpstreamResponse`]).
     connector: TransportConnector,
+    /// Idle connections, by address.
     pool: IdlePool,
     settings: UpstreamSettings,
     resolver: Resolver,
@@ -186,8 +197,7 @@ impl UpstreamClient {
         &self.settings
     }
 
-    /// The peer for `addr`: TCP connect within `tcp`, TCP and TLS within `total`. Its idle
-    /// timeout tells Pingora's HTTP/1 session that the connection may be kept alive.
+    /// The peer for `addr`: TCP connect within `tcp`, TCP and TLS within `total`.
     fn peer(&self, addr: SocketAddr, tcp: Duration, total: Duration) -> HttpPeer {
         let s = &self.settings;
         let mut peer = HttpPeer::new(addr, s.tls, s.host.clone());
@@ -212,15 +222,15 @@ impl UpstreamClient {
         Ok(attempt_order(&all, self.preferred.get()))
     }
 
-    /// A connection to the first of `candidates` that connects (a pooled one counts), with its
-    /// peer and whether it was pooled. Each address but the last gets
+    /// A connection to the first of `candidates` that connects (a pooled one counts), whether
+    /// it was pooled, and its pool's key. Each address but the last gets
     /// `address_connect_timeout`; all together get `connect_timeout`. A failed address is
     /// logged and the next one tried; only when none is left does the request fail, with the
     /// last address's error (a timeout when the time ran out).
     async fn connect(
         &self,
         candidates: &[SocketAddr],
-    ) -> Result<(Stream, bool, HttpPeer), UpstreamError> {
+    ) -> Result<(Stream, bool, SocketAddr), UpstreamError> {
         let s = &self.settings;
         let deadline = Instant::now() + s.connect_timeout;
         let mut failure = UpstreamError::Unreachable(format!("{} has no address", s.host));
@@ -235,11 +245,11 @@ impl UpstreamClient {
                 Some(_) => s.address_connect_timeout.min(left),
                 None => left,
             };
-            let peer = self.peer(addr, tcp, left);
             if let Some(stream) = self.pool.take(addr) {
                 self.preferred.worked(addr);
-                return Ok((stream, true, peer));
+                return Ok((stream, true, addr));
             }
+            let peer = self.peer(addr, tcp, left);
             // Boxed: Pingora's connect future (TCP, TLS) is several KiB, and every future that
             // awaits a request would otherwise carry that much for as long as it lives, a
             // held stream included.
@@ -249,7 +259,7 @@ impl UpstreamClient {
                     if let Some(old) = self.preferred.worked(addr) {
                         log::info!("upstream {}: now connecting to {addr} (was {old})", s.host);
                     }
-                    return Ok((stream, false, peer));
+                    return Ok((stream, false, addr));
                 }
                 Ok(Err(e)) => {
                     failure = classify_connect_error(&e);
@@ -375,27 +385,31 @@ impl UpstreamClient {
         loop {
             attempt += 1;
             let candidates = self.candidates().await?;
-            let (stream, reused, peer) = self.connect(&candidates).await?;
-            match self.exchange(stream, &peer, req, key).await {
-                Ok(session) => {
-                    let header = session
-                        .response_header()
-                        .ok_or_else(|| UpstreamError::Broken("no response header".into()))?;
-                    let status = header.status.as_u16();
-                    let retry_after = header
-                        .headers
-                        .get("retry-after")
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_string);
-                    return Ok(UpstreamResponse {
+            let (stream, reused, pool_key) = self.connect(&candidates).await?;
+            match self.exchange(stream, req, key).await {
+                Ok((stream, head, mut body, preread)) => {
+                    let mut pending = BytesMut::new();
+                    let fed = body.feed(&preread, |data| pending.extend_from_slice(data));
+                    let deferred = fed.err().map(|e| body_error(&e.to_string()));
+                    let mut response = UpstreamResponse {
                         client: self.clone(),
-                        session: Some(session),
-                        peer,
-                        status,
-                        retry_after,
+                        stream: Some(stream),
+                        pool_key,
+                        keep_alive: head.keep_alive,
+                        body,
+                        pending: (!pending.is_empty()).then_some(pending),
+                        status: head.status,
+                        retry_after: head.retry_after,
                         finished: false,
-                        deferred: None,
-                    });
+                        deferred,
+                    };
+                    if response.deferred.is_some() {
+                        response.stream = None;
+                    } else if response.body.is_done() {
+                        response.finished = true;
+                        response.release().await;
+                    }
+                    return Ok(response);
                 }
                 Err(Failed {
                     error,
@@ -416,16 +430,15 @@ impl UpstreamClient {
     /// (a pooled connection that failed while we wrote, or closed before answering a byte),
     /// so that a POST is never done twice.
     ///
-    /// The request is written by us in one write ([`Self::request_bytes`]) on the stream,
-    /// which then becomes an HTTP/1 session to read the answer with (Pingora's session would
-    /// flush the header and the body apart).
+    /// The request is written by us in one write ([`Self::request_bytes`]); the response
+    /// header is read and parsed here too ([`head`]), into a buffer dropped as soon as it is
+    /// parsed. What came behind the header (the start of the body) is returned with it.
     async fn exchange(
         &self,
         mut stream: Stream,
-        peer: &HttpPeer,
         req: &UpstreamRequest,
         key: Option<&Secret>,
-    ) -> Result<HttpSession, Failed> {
+    ) -> Result<(Stream, Head, BodyDecoder, BytesMut), Failed> {
         let s = &self.settings;
         let wire = self.request_bytes(req, key).map_err(Failed::final_)?;
         let write = async {
@@ -440,15 +453,73 @@ impl UpstreamClient {
         within(s.first_byte_timeout, "sending the request", written)
             .await
             .map_err(Failed::while_sending)?;
-        let mut session = HttpSession::H1(Http1Session::new_with_options(stream, peer));
-        within(
-            s.first_byte_timeout,
-            "waiting for the response",
-            session.read_response_header(),
-        )
-        .await
-        .map_err(Failed::while_waiting)?;
-        Ok(session)
+        drop(wire);
+        let stage = "waiting for the response";
+        match timeout(s.first_byte_timeout, read_head(&mut stream)).await {
+            Ok(Ok((head, preread))) => {
+                let body = BodyDecoder::new(head.framing);
+                Ok((stream, head, body, preread))
+            }
+            Ok(Err(failure)) => Err(failure.during(stage)),
+            Err(_) => Err(Failed::final_(UpstreamError::Timeout(stage))),
+        }
+    }
+}
+
+/// Read and parse the response header from `stream`, skipping informational ones: the final
+/// header and the bytes read behind it.
+async fn read_head(stream: &mut Stream) -> Result<(Head, BytesMut), HeadFailure> {
+    let mut buf = BytesMut::new();
+    let mut read = 0;
+    loop {
+        match head::parse(&buf) {
+            Ok(Parsed::Partial) => {}
+            Ok(Parsed::Interim(len)) => {
+                let _ = buf.split_to(len);
+                continue;
+            }
+            Ok(Parsed::Final(head, len)) => {
+                let _ = buf.split_to(len);
+                return Ok((head, buf));
+            }
+            Err(why) => return Err(HeadFailure::Bad(why)),
+        }
+        buf.reserve(HEAD_READ);
+        match stream.read_buf(&mut buf).await {
+            Ok(0) => return Err(HeadFailure::Closed { read }),
+            Ok(n) => read += n,
+            Err(_) => return Err(HeadFailure::Io),
+        }
+    }
+}
+
+/// Bytes read at a time for a response header (most of OpenAI's are about 1 KiB).
+const HEAD_READ: usize = 2048;
+
+/// Why no response header was read.
+enum HeadFailure {
+    /// The upstream closed the connection after `read` bytes.
+    Closed { read: usize },
+    /// Reading failed.
+    Io,
+    /// What came is not a response header we can use.
+    Bad(&'static str),
+}
+
+impl HeadFailure {
+    /// The request was written: repeat it only if the peer closed the (pooled) connection
+    /// before a single byte of answer, the race of a server closing an idle connection just
+    /// as it is reused.
+    fn during(self, stage: &'static str) -> Failed {
+        let (why, safe_to_retry) = match self {
+            HeadFailure::Closed { read } => ("ConnectionClosed", read == 0),
+            HeadFailure::Io => ("ReadError", false),
+            HeadFailure::Bad(why) => (why, false),
+        };
+        Failed {
+            error: UpstreamError::Broken(format!("{stage}: {why}")),
+            safe_to_retry,
+        }
     }
 }
 
@@ -469,24 +540,6 @@ impl Failed {
     /// The request was not (completely) written: the upstream cannot have acted on it.
     fn while_sending((error, _): (UpstreamError, Option<Box<pingora::Error>>)) -> Self {
         let safe_to_retry = !matches!(error, UpstreamError::Timeout(_));
-        Failed {
-            error,
-            safe_to_retry,
-        }
-    }
-
-    /// The request was written: repeat it only if the peer closed the (pooled) connection
-    /// before a single byte of answer, the race of a server closing an idle connection just
-    /// as it is reused. Pingora's own verdict is looser (it allows a retry after a partial
-    /// answer), so the byte count in its error is checked too.
-    fn while_waiting((error, cause): (UpstreamError, Option<Box<pingora::Error>>)) -> Self {
-        let safe_to_retry = cause.is_some_and(|e| {
-            e.etype() == &pingora::ErrorType::ConnectionClosed
-                && matches!(e.retry, RetryType::ReusedOnly | RetryType::Decided(true))
-                && e.context
-                    .as_ref()
-                    .is_some_and(|c| c.as_str().ends_with("bytes already read: 0"))
-        });
         Failed {
             error,
             safe_to_retry,
@@ -552,31 +605,71 @@ fn host_for_header(host: &str) -> String {
 /// Most bytes one [`UpstreamResponse::next_chunk`] gathers from chunks already received.
 const MAX_GATHERED: usize = 64 * 1024;
 
-/// `fut`'s output if it is ready at the first poll; `None` (and `fut` dropped) if it would
-/// wait. Only for futures that are safe to drop while waiting, as Pingora's body reads are.
-async fn ready_now<F: Future>(fut: F) -> Option<F::Output> {
-    let mut fut = std::pin::pin!(fut);
-    std::future::poll_fn(|cx| match fut.as_mut().poll(cx) {
-        std::task::Poll::Ready(output) => std::task::Poll::Ready(Some(output)),
-        std::task::Poll::Pending => std::task::Poll::Ready(None),
-    })
-    .await
-}
+/// Most bytes taken from the connection in one read of the body. The read goes into a buffer
+/// on the stack, for the length of one poll: between two reads a response holds no buffer.
+const BODY_READ: usize = 16 * 1024;
 
 /// A failed read of the body.
-fn body_error(e: &pingora::Error) -> UpstreamError {
-    UpstreamError::Broken(format!("reading the body: {}", e.etype().as_str()))
+fn body_error(why: &str) -> UpstreamError {
+    UpstreamError::Broken(format!("reading the body: {why}"))
+}
+
+/// What one read of the body gave.
+enum BodyRead {
+    /// Bytes (maybe only framing: no payload).
+    Bytes,
+    /// The connection closed.
+    Closed,
+}
+
+/// Read once from `stream` into a buffer on the stack and decode what came with `body`,
+/// appending the payload to `out`. Polled within one `poll`: the buffer is never held while
+/// waiting.
+fn poll_body(
+    cx: &mut Context<'_>,
+    stream: &mut Stream,
+    body: &mut BodyDecoder,
+    out: &mut BytesMut,
+) -> Poll<Result<BodyRead, UpstreamError>> {
+    let mut raw = [MaybeUninit::<u8>::uninit(); BODY_READ];
+    let mut buf = ReadBuf::uninit(&mut raw);
+    match Pin::new(stream).poll_read(cx, &mut buf) {
+        Poll::Pending => Poll::Pending,
+        Poll::Ready(Err(_)) => Poll::Ready(Err(body_error("ReadError"))),
+        Poll::Ready(Ok(())) if buf.filled().is_empty() => Poll::Ready(Ok(BodyRead::Closed)),
+        Poll::Ready(Ok(())) => {
+            let read = buf.filled();
+            out.reserve(read.len());
+            let fed = body.feed(read, |data| out.extend_from_slice(data));
+            Poll::Ready(match fed {
+                Ok(()) => Ok(BodyRead::Bytes),
+                Err(e) => Err(body_error(&e.to_string())),
+            })
+        }
+    }
 }
 
 /// An upstream response whose header has arrived; its body is read from here.
+///
+/// The body is read and decoded by us ([`body`]): Pingora's HTTP/1 client would keep a
+/// 64 KiB buffer per response for as long as it is read, the bulk of a held stream's memory.
+/// Between two reads a response holds its connection and a few words of decoding state.
 pub struct UpstreamResponse {
     client: Arc<UpstreamClient>,
-    session: Option<HttpSession>,
-    peer: HttpPeer,
+    /// The connection, until the body has ended or failed.
+    stream: Option<Stream>,
+    /// The address of the connection, the pool's key for it.
+    pool_key: SocketAddr,
+    /// The header allows reusing the connection.
+    keep_alive: bool,
+    body: BodyDecoder,
+    /// Payload read with the header, not yet handed out.
+    pending: Option<BytesMut>,
     /// HTTP status of the upstream answer.
     pub status: u16,
     /// The upstream `Retry-After`, raw (sanitize before passing on).
     pub retry_after: Option<String>,
+    /// The body has ended.
     finished: bool,
     /// A failure met while gathering chunks, told on the next read.
     deferred: Option<UpstreamError>,
@@ -588,66 +681,101 @@ impl UpstreamResponse {
     }
 
     /// The next body bytes, `None` at the end of the body. Waits at most the idle timeout for
-    /// the first chunk; the chunks that have already arrived behind it come along in the same
-    /// piece (up to [`MAX_GATHERED`] bytes), never waiting for more. An event stream comes one
-    /// HTTP chunk per event, and each piece is one write to the browser: this way a burst of
-    /// events costs one send, not one per event.
+    /// the first bytes; what has already arrived behind them comes along in the same piece (up
+    /// to [`MAX_GATHERED`] bytes), never waiting for more. An event stream comes one HTTP chunk
+    /// per event, and each piece is one write to the browser: this way a burst of events costs
+    /// one send, not one per event.
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, UpstreamError> {
-        if let Some(e) = self.deferred.take() {
-            return Err(e);
-        }
-        let Some(first) = self.next_http_chunk().await? else {
-            return Ok(None);
-        };
-        let mut gathered: Option<BytesMut> = None;
-        while gathered.as_ref().map_or(first.len(), BytesMut::len) < MAX_GATHERED {
-            let Some(session) = self.session.as_mut() else {
-                break;
-            };
-            let Some(next) = ready_now(session.read_response_body()).await else {
-                break;
-            };
-            match next {
-                Ok(Some(chunk)) => gathered
-                    .get_or_insert_with(|| BytesMut::from(&first[..]))
-                    .extend_from_slice(&chunk),
-                Ok(None) => {
-                    self.finished = true;
-                    self.release().await;
-                    break;
+        let mut out = self.pending.take().unwrap_or_default();
+        if out.is_empty() {
+            if let Some(e) = self.deferred.take() {
+                return Err(e);
+            }
+            let idle = self.client.settings.idle_timeout;
+            let waiting = std::future::poll_fn(|cx| self.poll_payload(cx, &mut out));
+            let waited = timeout(idle, waiting).await;
+            match waited {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    self.stream = None;
+                    return Err(e);
                 }
-                Err(e) => {
-                    // Told on the next call, after the bytes that came before it.
-                    self.session = None;
-                    self.deferred = Some(body_error(&e));
-                    break;
+                Err(_) => {
+                    self.stream = None;
+                    return Err(UpstreamError::Timeout("between two chunks of the body"));
                 }
             }
         }
-        Ok(Some(gathered.map_or(first, BytesMut::freeze)))
+        // Gather what has already arrived, without waiting.
+        while out.len() < MAX_GATHERED
+            && self.stream.is_some()
+            && !self.finished
+            && self.deferred.is_none()
+        {
+            let step = std::future::poll_fn(|cx| match self.poll_step(cx, &mut out) {
+                Poll::Pending => Poll::Ready(None),
+                Poll::Ready(r) => Poll::Ready(Some(r)),
+            })
+            .await;
+            match step {
+                None => break,
+                Some(Ok(())) => {}
+                Some(Err(e)) => {
+                    // Told on the next call, after the bytes that came before it.
+                    self.stream = None;
+                    self.deferred = Some(e);
+                }
+            }
+        }
+        if self.finished {
+            self.release().await;
+        }
+        Ok((!out.is_empty()).then(|| out.freeze()))
     }
 
-    /// The next HTTP chunk of the body, waiting at most the idle timeout.
-    async fn next_http_chunk(&mut self) -> Result<Option<Bytes>, UpstreamError> {
-        let idle = self.client.settings.idle_timeout;
-        let Some(session) = self.session.as_mut() else {
-            return Ok(None);
+    /// Read until some payload is in `out` or the body has ended.
+    fn poll_payload(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut BytesMut,
+    ) -> Poll<Result<(), UpstreamError>> {
+        while out.is_empty() && !self.finished && self.stream.is_some() {
+            match self.poll_step(cx, out) {
+                Poll::Ready(Ok(())) => {}
+                other => return other,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// One read of the body; marks the body finished at its end.
+    fn poll_step(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut BytesMut,
+    ) -> Poll<Result<(), UpstreamError>> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Poll::Ready(Ok(()));
         };
-        match timeout(idle, session.read_response_body()).await {
-            Ok(Ok(Some(chunk))) => Ok(Some(chunk)),
-            Ok(Ok(None)) => {
-                self.finished = true;
-                self.release().await;
-                Ok(None)
+        match poll_body(cx, stream, &mut self.body, out) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(BodyRead::Bytes)) => {
+                if self.body.is_done() {
+                    self.finished = true;
+                }
+                Poll::Ready(Ok(()))
             }
-            Ok(Err(e)) => {
-                self.session = None;
-                Err(body_error(&e))
+            Poll::Ready(Ok(BodyRead::Closed)) => {
+                self.stream = None;
+                match self.body.eof() {
+                    Ok(()) => {
+                        self.finished = true;
+                        Poll::Ready(Ok(()))
+                    }
+                    Err(_) => Poll::Ready(Err(body_error("ConnectionClosed"))),
+                }
             }
-            Err(_) => {
-                self.session = None;
-                Err(UpstreamError::Timeout("between two chunks of the body"))
-            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
         }
     }
 
@@ -669,18 +797,13 @@ impl UpstreamResponse {
         serde_json::from_slice(&body).map_err(|_| UpstreamError::Broken(NOT_JSON.into()))
     }
 
-    /// Finish with the response: a completed one goes back to the pool, one that was left
-    /// half-read is closed (its remaining body is of no use to anyone).
+    /// Finish with the response: a completed one goes back to the pool (when its header
+    /// allows it and nothing came behind its body), one that was left half-read is closed
+    /// (its remaining body is of no use to anyone).
     pub async fn release(&mut self) {
-        if let Some(HttpSession::H1(mut session)) = self.session.take() {
-            if self.finished {
-                // Kept only if the upstream's answer allows it (no `Connection: close`, a body
-                // that was delimited and read to its end).
-                session.respect_keepalive();
-                let addr = self.peer.address().as_inet().copied();
-                if let (Some(stream), Some(addr)) = (session.reuse().await, addr) {
-                    self.client.pool.put(addr, stream);
-                }
+        if let Some(stream) = self.stream.take() {
+            if self.finished && self.keep_alive && self.body.reusable() {
+                self.client.pool.put(self.pool_key, stream);
             }
         }
     }
@@ -688,7 +811,7 @@ impl UpstreamResponse {
     /// After the last event we care about: give the upstream a moment to end the body so the
     /// connection can be pooled, without keeping the caller waiting.
     pub fn release_in_background(mut self) {
-        if self.session.is_none() {
+        if self.stream.is_none() {
             return;
         }
         tokio::spawn(async move {
@@ -850,6 +973,86 @@ mod tests {
             client.request_bytes(&spaced, Some(&key())),
             Err(UpstreamError::Broken(_))
         ));
+    }
+
+    /// A server that answers every request on every connection with `writes`, 50 ms apart,
+    /// and then closes the connection if `close`; counts connections.
+    async fn scripted_server(
+        writes: &'static [&'static str],
+        close: bool,
+    ) -> (u16, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let c = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                c.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    while read_request(&mut conn).await.is_some() {
+                        for write in writes {
+                            if conn.write_all(write.as_bytes()).await.is_err() {
+                                return;
+                            }
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        if close {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (port, connections)
+    }
+
+    #[tokio::test]
+    async fn a_length_body_split_over_writes_is_read_whole_and_pooled() {
+        let writes = &["HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n{\"a\"", ":1}"];
+        let (port, connections) = scripted_server(writes, false).await;
+        let client = UpstreamClient::new(settings(port));
+        for _ in 0..2 {
+            let resp = client.send(&post(), &key()).await.unwrap();
+            assert_eq!(resp.json().await.unwrap(), serde_json::json!({"a": 1}));
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 1, "pooled");
+    }
+
+    #[tokio::test]
+    async fn a_close_delimited_body_runs_to_the_close_and_is_not_pooled() {
+        let writes = &["HTTP/1.1 200 OK\r\n\r\ndata: 1\n\n", "data: 2\n\n"];
+        let (port, connections) = scripted_server(writes, true).await;
+        let client = UpstreamClient::new(settings(port));
+        for _ in 0..2 {
+            let resp = client.send(&post(), &key()).await.unwrap();
+            let body = resp.read_all().await.unwrap();
+            assert_eq!(&body[..], b"data: 1\n\ndata: 2\n\n");
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_chunked_body_cut_short_fails_after_the_bytes_that_came() {
+        let writes = &["HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"];
+        let (port, _) = scripted_server(writes, true).await;
+        let client = UpstreamClient::new(settings(port));
+        let mut resp = client.send(&post(), &key()).await.unwrap();
+        assert_eq!(
+            resp.next_chunk().await.unwrap().as_deref(),
+            Some(&b"abc"[..])
+        );
+        assert!(matches!(
+            resp.next_chunk().await,
+            Err(UpstreamError::Broken(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_malformed_header_is_a_broken_upstream() {
+        let (port, _) = scripted_server(&["SSH-2.0-OpenSSH_9.6\r\n\r\n"], true).await;
+        let client = UpstreamClient::new(settings(port));
+        let result = client.send(&post(), &key()).await;
+        assert!(matches!(result.err(), Some(UpstreamError::Broken(_))));
     }
 
     #[tokio::test]
