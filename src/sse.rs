@@ -269,6 +269,8 @@ impl SseParser {
         };
         match name {
             b"data" => {
+                // The line and its `\n` in one allocation (not one for each).
+                self.data.reserve(value.len() + 1);
                 push_lossy(&mut self.data, value);
                 self.data.push('\n');
             }
