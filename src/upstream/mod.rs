@@ -493,8 +493,11 @@ async fn read_head(stream: &mut Stream) -> Result<(Head, BytesMut), HeadFailure>
     }
 }
 
-/// Bytes read at a time for a response header (most of OpenAI's are about 1 KiB).
-const HEAD_READ: usize = 2048;
+/// Bytes read at a time for a response header. Most of OpenAI's are about 1 KiB, but what
+/// follows arrives with it (a small JSON body, the first events of a stream): room for as much
+/// as a body read takes saves a read. The buffer lives only until the header is parsed (the
+/// bytes behind it are handed to the body decoder), and only what arrived is touched.
+const HEAD_READ: usize = BODY_READ;
 
 /// Why no response header was read.
 enum HeadFailure {
