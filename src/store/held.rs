@@ -50,7 +50,9 @@ impl Held {
             let (store, key, token) = (store.clone(), key.to_string(), token.clone());
             tokio::spawn(async move {
                 loop {
-                    tokio::time::sleep(every).await;
+                    // Pingora's timer: a Tokio timer armed here would be the runtime's
+                    // earliest and wake its driver with a write (a system call per message).
+                    pingora_timeout::fast_timeout::fast_sleep(every).await;
                     let renewed = match kind {
                         Kind::Lock => store.renew_lock(&key, &token, lease).await,
                         Kind::Slot => store.renew_slot(&key, &token, lease).await,
