@@ -78,8 +78,9 @@ impl ChatbotProxy {
         }
     }
 
-    /// The access log line and the request's metrics.
-    fn logging(&self, session: &ServerSession, ctx: &RequestCtx) {
+    /// The access log line and the request's metrics. `method` is the request's, `-` for one
+    /// whose header could not be read.
+    fn logging(&self, session: &ServerSession, method: &str, ctx: &RequestCtx) {
         let route = ctx.route.map_or("-", Route::name);
         let tenant = ctx.tenant.as_ref().map_or("-", |t| t.name.as_str());
         let duration = ctx.started.elapsed();
@@ -93,7 +94,7 @@ impl ChatbotProxy {
             log::info!(
                 "access client={} method={} route={} tenant={} status={} duration_ms={} bytes={} outcome={}",
                 client,
-                session.req_header().method,
+                method,
                 route,
                 tenant,
                 ctx.written.status,
@@ -114,21 +115,13 @@ impl crate::downstream::Handler for ChatbotProxy {
     async fn serve(&self, session: &mut ServerSession) {
         let mut ctx = self.new_ctx();
         ctx.written = self.handle(session, &mut ctx).await;
-        self.logging(session, &ctx);
+        self.logging(session, session.req_header().method.as_str(), &ctx);
     }
 
     async fn refuse(&self, session: &mut ServerSession, err: &ApiError) {
-        let started = Instant::now();
-        let written = respond::refusal(session, err).await;
-        let peer = session.client_addr().map(|a| a.to_string());
-        log::info!(
-            "access client={} method=- route=- tenant=- status={} duration_ms=0 bytes={} outcome=-",
-            peer.as_deref().unwrap_or("-"),
-            written.status,
-            written.bytes,
-        );
-        let metrics = &self.state.metrics;
-        metrics.request("-", "-", written.status, started.elapsed());
+        let mut ctx = self.new_ctx();
+        ctx.written = respond::refusal(session, err).await;
+        self.logging(session, "-", &ctx);
     }
 }
 

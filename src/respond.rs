@@ -40,6 +40,15 @@ fn put_static(h: &mut ResponseHeader, name: &'static str, value: &'static str) {
     put(h, name, HeaderValue::from_static(value));
 }
 
+/// The header of a JSON answer of `len` bytes, never cached.
+fn json_header(status: u16, cors_origin: Option<&str>, len: usize) -> ResponseHeader {
+    let mut h = header(status, cors_origin);
+    put_static(&mut h, "Content-Type", "application/json");
+    put(&mut h, "Content-Length", HeaderValue::from(len));
+    put_static(&mut h, "Cache-Control", "no-store");
+    h
+}
+
 /// A JSON answer with a known length.
 pub async fn json(
     session: &mut ServerSession,
@@ -48,10 +57,7 @@ pub async fn json(
     cors_origin: Option<&str>,
     extra: &[(&'static str, String)],
 ) -> Written {
-    let mut h = header(status, cors_origin);
-    put_static(&mut h, "Content-Type", "application/json");
-    put(&mut h, "Content-Length", HeaderValue::from(body.len()));
-    put_static(&mut h, "Cache-Control", "no-store");
+    let mut h = json_header(status, cors_origin, body.len());
     for (name, value) in extra {
         let _ = h.insert_header(*name, value.as_str());
     }
@@ -95,10 +101,7 @@ pub async fn error(
 pub async fn refusal(session: &mut ServerSession, err: &ApiError) -> Written {
     let body = err.body();
     let bytes = body.len();
-    let mut h = header(err.status, None);
-    put_static(&mut h, "Content-Type", "application/json");
-    put(&mut h, "Content-Length", HeaderValue::from(bytes));
-    put_static(&mut h, "Cache-Control", "no-store");
+    let h = json_header(err.status, None, bytes);
     let _ = session.write_error_response(h, Bytes::from(body)).await;
     Written {
         status: err.status,
