@@ -45,13 +45,15 @@ impl IdlePool {
     /// The most recently used idle connection to `addr` that is still open, if any.
     pub fn take(&self, addr: SocketAddr) -> Option<Stream> {
         loop {
-            let mut stream = {
+            let (found, expired) = {
                 let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-                self.expire(&mut idle, Instant::now());
-                let at = idle.iter().rposition(|c| c.addr == addr)?;
-                idle.remove(at)?.stream
+                let expired = self.expire(&mut idle, Instant::now());
+                let at = idle.iter().rposition(|c| c.addr == addr);
+                (at.and_then(|at| idle.remove(at)), expired)
             };
-            // Checked (and a dead one dropped) outside the lock.
+            // Closed, and checked (a dead one dropped), outside the lock.
+            drop(expired);
+            let mut stream = found?.stream;
             if still_open(&mut stream) {
                 return Some(stream);
             }
