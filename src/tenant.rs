@@ -75,29 +75,36 @@ impl TenantDirectory {
     }
 }
 
+/// A tenant of the Assistants API named `name` serving `domains`, with everything optional
+/// off: for the unit tests of any module (struct update syntax changes what a test needs).
+#[cfg(test)]
+pub(crate) fn test_tenant(name: &str, domains: &[&str]) -> Tenant {
+    use crate::config::{Secret, StreamFormat, UpstreamApi};
+    Tenant {
+        name: name.into(),
+        domains: domains.iter().map(|d| d.parse().unwrap()).collect(),
+        api_key: Secret::new(format!("sk-{name}")),
+        api: UpstreamApi::Assistants {
+            assistant_id: format!("asst_{name}"),
+        },
+        lead_recipients: vec![],
+        lead_tool: "sendEmail".into(),
+        stream_format: StreamFormat::OpenAi,
+        redact_run_objects: false,
+        rate_limit: None,
+        daily_token_budget: None,
+        turnstile_secret: None,
+        turnstile_site_key: None,
+        max_output_tokens: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Secret, StreamFormat, UpstreamApi};
 
     fn tenant(name: &str, domains: &[&str]) -> Tenant {
-        Tenant {
-            name: name.into(),
-            domains: domains.iter().map(|d| d.parse().unwrap()).collect(),
-            api_key: Secret::new(format!("sk-{name}")),
-            api: UpstreamApi::Assistants {
-                assistant_id: format!("asst_{name}"),
-            },
-            lead_recipients: vec![],
-            lead_tool: "sendEmail".into(),
-            stream_format: StreamFormat::OpenAi,
-            redact_run_objects: false,
-            rate_limit: None,
-            daily_token_budget: None,
-            turnstile_secret: None,
-            turnstile_site_key: None,
-            max_output_tokens: None,
-        }
+        test_tenant(name, domains)
     }
 
     #[test]

@@ -200,27 +200,16 @@ fn function_call(data: &str) -> Option<ToolCall> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Secret, StreamFormat};
 
     fn tenant(recipients: &[&str]) -> Tenant {
         Tenant {
-            name: "acme".into(),
-            domains: vec!["acme.test".parse().unwrap()],
-            api_key: Secret::new("sk-acme"),
             api: UpstreamApi::Responses {
                 model: "gpt-5.4".into(),
                 instructions: Some("Be brief.".into()),
                 tools: vec![json!({"type": "file_search", "vector_store_ids": ["vs_1"]})],
             },
             lead_recipients: recipients.iter().map(|r| r.to_string()).collect(),
-            lead_tool: "sendEmail".into(),
-            stream_format: StreamFormat::OpenAi,
-            redact_run_objects: false,
-            rate_limit: None,
-            daily_token_budget: None,
-            turnstile_secret: None,
-            turnstile_site_key: None,
-            max_output_tokens: None,
+            ..crate::tenant::test_tenant("acme", &["acme.test"])
         }
     }
 

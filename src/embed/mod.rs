@@ -184,23 +184,11 @@ mod tests {
 
     #[test]
     fn the_config_holds_the_site_key_and_nothing_secret() {
-        use crate::config::{Secret, StreamFormat, UpstreamApi};
+        use crate::config::Secret;
         let mut tenant = Tenant {
-            name: "t".into(),
-            domains: vec!["example.com".parse().unwrap()],
-            api_key: Secret::new("sk-t"),
-            api: UpstreamApi::Assistants {
-                assistant_id: "asst_t".into(),
-            },
-            lead_recipients: vec![],
-            lead_tool: "sendEmail".into(),
-            stream_format: StreamFormat::OpenAi,
-            redact_run_objects: false,
-            rate_limit: None,
-            daily_token_budget: None,
             turnstile_secret: Some(Secret::new("0xSECRET")),
             turnstile_site_key: Some("0x4AAAsitekey".into()),
-            max_output_tokens: None,
+            ..crate::tenant::test_tenant("t", &["example.com"])
         };
         let body: serde_json::Value = serde_json::from_slice(&config_body(&tenant)).unwrap();
         assert_eq!(
