@@ -203,7 +203,6 @@ impl UpstreamClient {
         let mut peer = HttpPeer::new(addr, s.tls, s.host.clone());
         peer.options.connection_timeout = Some(tcp);
         peer.options.total_connection_timeout = Some(total);
-        peer.options.idle_timeout = Some(s.pool_idle_timeout);
         peer
     }
 
