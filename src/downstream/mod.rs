@@ -1,10 +1,14 @@
-//! The browser side of every connection: deadlines that Pingora's HTTP/1 server does not
-//! enforce by itself.
+//! The browser side of every connection: its request loop, and deadlines that Pingora's
+//! HTTP/1 server does not enforce by itself.
+//!
+//! [`GuardedHttp`] reads each request header with Pingora's HTTP/1 session and hands it to a
+//! [`Handler`] (the proxy), then reads the next one on the same connection; a header that is
+//! not HTTP gets the handler's refusal and the connection closes.
 //!
 //! Pingora makes keep-alive "infinite" after an HTTP/1.1 request, times out each read of a
 //! header separately (a header sent one byte at a time never ends) and each write separately
-//! (a client that reads a byte now and then pins a stream). [`GuardedHttp`] runs the proxy's
-//! connection loop itself, over a [`GuardedStream`] whose reads and writes obey
+//! (a client that reads a byte now and then pins a stream). The loop runs over a
+//! [`GuardedStream`] whose reads and writes obey
 //! [`Timeouts`]: an idle keep-alive limit, a total deadline for a request header, and a
 //! stalled-reader limit on writes. The request body's total deadline is enforced where the
 //! body is read (the request handler).
