@@ -8,9 +8,8 @@
 //! Pingora makes keep-alive "infinite" after an HTTP/1.1 request, times out each read of a
 //! header separately (a header sent one byte at a time never ends) and each write separately
 //! (a client that reads a byte now and then pins a stream). The loop runs over a
-//! [`GuardedStream`] whose reads and writes obey
-//! [`Timeouts`]: an idle keep-alive limit, a total deadline for a request header, and a
-//! stalled-reader limit on writes. The request body's total deadline is enforced where the
+//! [`GuardedStream`] whose reads and writes obey [`Timeouts`]: an idle keep-alive limit, a
+//! total deadline for a request header, and a stalled-reader limit on writes. The request body's total deadline is enforced where the
 //! body is read (the request handler).
 
 mod deadlines;
